@@ -1,0 +1,90 @@
+"""The environment contract every JAX-native adapter fulfils.
+
+The packages autotelic wraps disagree on reset conventions: navix resets on the call *after* a
+terminal step and that call consumes the action; gymnax resets inside `step` and drops the real
+terminal observation; xminigrid leaves resets to the caller. An adapter hides all of that behind one
+rule: **every call to `step` is one real transition**. When the transition ends an episode, the
+adapter resets in the same call, returns the first observation of the next episode as `obs`, and
+keeps the real last observation in `final_obs` (used to bootstrap on truncation and by reward
+sources, which must never see the reset as a transition).
+
+All functions are pure and jit/vmap-able; an adapter instance is a static, hashable description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a learner needs to know about an environment, uniform across packages.
+
+    `obs_kind` is "grid" for integer-coded grids `[H, W, C]` whose channel c takes values in
+    `[0, obs_categories[c])` (MiniGrid-style symbolic observations; networks one-hot them), or
+    "vector" for float vectors `[D]`, or "image" for float images `[H, W, C]`.
+    """
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    obs_dtype: str
+    obs_kind: str
+    num_actions: int
+    max_steps: int
+    obs_categories: tuple[int, ...] = ()
+    description: str = ""
+    options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+
+class StepResult(NamedTuple):
+    """One real transition of one environment (add a leading axis when vmapped over envs).
+
+    obs:        next observation to act on (first observation of a new episode when done)
+    reward:     f32[] extrinsic reward of the transition
+    terminated: bool[] the episode ended in an absorbing state (do not bootstrap)
+    truncated:  bool[] the episode was cut by the time limit (bootstrap from `final_obs`)
+    final_obs:  the real next observation s_{t+1}, before any reset
+    success:    bool[] the episode ended by reaching its goal
+    """
+
+    obs: Array
+    reward: Array
+    terminated: Array
+    truncated: Array
+    final_obs: Array
+    success: Array
+
+
+class JaxEnv(Protocol):
+    """A JAX-native environment: `reset(key) -> (state, obs)`, `step(key, state, action)`."""
+
+    spec: EnvSpec
+
+    def reset(self, key: Array) -> tuple[Any, Array]: ...
+
+    def step(self, key: Array, state: Any, action: Array) -> tuple[Any, StepResult]: ...
+
+
+def tree_select(condition: Array, on_true: Any, on_false: Any) -> Any:
+    """Leaf-wise `where(condition, on_true, on_false)` for a scalar condition."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def strong_types(tree: Any) -> Any:
+    """Give every leaf a strong dtype.
+
+    Weakly typed leaves (Python scalars turned into arrays) change type after the first `step`,
+    which makes a jitted rollout recompile; casting once at reset keeps one compiled program.
+    """
+
+    def cast(leaf: Any) -> Any:
+        leaf = jnp.asarray(leaf)
+        return jnp.asarray(leaf, dtype=leaf.dtype) if getattr(leaf, "weak_type", False) else leaf
+
+    return jax.tree_util.tree_map(cast, tree)

@@ -1,0 +1,146 @@
+"""The slot a reward source fills.
+
+A reward source is three pure functions over an explicit state pytree, in the manner of an optax
+`GradientTransformation`:
+
+    init(key, spec, num_envs) -> state
+    reward(state, transition) -> (reward [N] f32, state)    every env step, in the rollout
+    update(state, rollout, key) -> (state, metrics)         once per PPO update
+
+`reward` runs inside the rollout's `lax.scan`, batched over the N envs, on one *real* transition
+(the env adapters never show a reset as a transition). Sources with per-episode memory (E3B's
+covariance, episodic kNN, NovelD's first-visit counts) reset it where `transition.done` is true.
+`update` sees the whole rollout `[T, N, ...]` (e.g. to train a predictor). Both must be jit- and
+vmap-able; everything a source needs to resume bit for bit lives in its state, which is
+checkpointed with the run.
+
+The training loop owns what is common to every source (its value head, discount, episodic flag,
+coefficient and reward normalization), configured by `HeadConfig`; a source only says what the
+reward *is*. Adding a source is one new file that calls `register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+
+from ..config import from_dict
+from ..envs.base import EnvSpec
+from ..errors import UserError, unknown
+
+Array = jax.Array
+
+
+class Transition(NamedTuple):
+    """One real transition per env: all fields have a leading `[N]` (or `[T, N]`) axis.
+
+    obs:        s_t
+    action:     a_t (int32)
+    next_obs:   s_{t+1}, the real next observation (never the reset observation)
+    terminated: bool, s_{t+1} is absorbing
+    truncated:  bool, the time limit cut the episode after this transition
+    extrinsic:  f32, the environment's reward for the transition
+    """
+
+    obs: Array
+    action: Array
+    next_obs: Array
+    terminated: Array
+    truncated: Array
+    extrinsic: Array
+
+    @property
+    def done(self) -> Array:
+        return self.terminated | self.truncated
+
+
+class RewardSource(NamedTuple):
+    init: Callable[[Array, EnvSpec, int], Any]
+    reward: Callable[[Any, Transition], tuple[Array, Any]]
+    update: Callable[[Any, Transition, Array], tuple[Any, dict[str, Array]]]
+
+
+NORMALIZATIONS = ("return_std", "none")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Settings every intrinsic source has; a source's parameter class extends this.
+
+    coef:      weight of this source's advantage in the policy advantage
+    gamma:     this head's discount
+    episodic:  true: returns stop at episode ends; false: they run across episodes (RND-style)
+    normalize: "return_std" divides the reward by the running std of its discounted return
+               (the RND paper's recipe, no mean subtraction); "none" leaves it raw
+    """
+
+    coef: float = 1.0
+    gamma: float = 0.99
+    episodic: bool = False
+    normalize: str = "return_std"
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    name: str
+    params_class: type
+    build: Callable[[Any, EnvSpec], RewardSource]
+    check: Callable[[Any, EnvSpec], None] | None = None  # raises UserError if unusable here
+    summary: str = ""
+
+
+REGISTRY: dict[str, SourceEntry] = {}
+
+
+def register(entry: SourceEntry) -> SourceEntry:
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def _load_builtin_sources() -> None:
+    # Importing the package registers every built-in source.
+    from .. import rewards  # noqa: F401
+
+
+def source_names() -> list[str]:
+    _load_builtin_sources()
+    return sorted(REGISTRY)
+
+
+def resolve_params(name: str, overrides: dict[str, Any]) -> Any:
+    """The parameter dataclass of source `name` with `overrides` applied and checked."""
+    _load_builtin_sources()
+    if name not in REGISTRY:
+        raise unknown("reward source", name, REGISTRY, "`autotelic rewards` lists them.")
+    params = from_dict(REGISTRY[name].params_class, overrides, f"sources.{name}.")
+    if not 0 <= params.gamma <= 1:
+        raise UserError(f"sources.{name}.gamma must be in [0, 1], got {params.gamma}.")
+    if params.normalize not in NORMALIZATIONS:
+        raise UserError(
+            f"sources.{name}.normalize must be one of {', '.join(NORMALIZATIONS)}, "
+            f"got {params.normalize!r}."
+        )
+    return params
+
+
+def build_sources(
+    names: tuple[str, ...], settings: dict[str, dict[str, Any]], spec: EnvSpec
+) -> tuple[tuple[RewardSource, ...], tuple[Any, ...]]:
+    """The sources and their resolved parameters, checked against the env before compiling."""
+    sources, params_list = [], []
+    for name in names:
+        params = resolve_params(name, settings.get(name, {}))
+        entry = REGISTRY[name]
+        if entry.check is not None:
+            entry.check(params, spec)
+        sources.append(entry.build(params, spec))
+        params_list.append(params)
+    return tuple(sources), tuple(params_list)
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)

@@ -1,0 +1,277 @@
+"""`autotelic train`: builds everything from a config, then runs jitted PPO updates (vmapped over
+seeds) with logging, checkpoints, live progress, Ctrl-C handling and resume between them.
+
+The math lives in `ppo.py`; this file only moves data between the device and the run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import envs, runs
+from .config import Config, build, load_yaml, to_dict
+from .errors import UserError
+from .ppo import Trainer, host, make_trainer, seed_keys
+from .rewards.base import build_sources
+
+
+class TrainingStoppedError(Exception):
+    """Training ended early (interrupt or non-finite values); the message says what to do."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Setup:
+    config: Config
+    env: Any
+    trainer: Trainer
+    source_params: tuple[Any, ...]
+
+
+def prepare(config: Config) -> Setup:
+    """Everything that can reject the config, done before any directory is touched or any
+    function is compiled."""
+    env = envs.make(config.env, **config.env_options)
+    sources, params = build_sources(config.rewards, config.sources, env.spec)
+    trainer = make_trainer(config, env, sources, params, config.rewards)
+    return Setup(config, env, trainer, params)
+
+
+def resolved_config(setup: Setup) -> Config:
+    """The config with every source's parameters spelled out (defaults included)."""
+    from dataclasses import asdict, replace
+
+    sources = {
+        name: asdict(p) for name, p in zip(setup.config.rewards, setup.source_params, strict=True)
+    }
+    return replace(setup.config, sources=sources)
+
+
+def _seed_slice(tree: Any, index: int) -> Any:
+    return jax.tree_util.tree_map(lambda x: np.asarray(x[index]), tree)
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag checked between updates, so the state in hand is whole."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(total_steps: int, quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True, quiet=quiet),
+        transient=False,
+    )
+
+
+def _status(metrics: dict[str, np.ndarray], sps: float, rewards: tuple[str, ...]) -> str:
+    returns = metrics["episode_return_mean"]
+    parts = [f"{sps:,.0f} steps/s", f"return {np.mean(returns):.3f}"]
+    parts.append(f"success {np.mean(metrics['success_rate']):.2f}")
+    for name in rewards:
+        parts.append(f"{name} {np.mean(metrics[f'{name}/reward_raw']):.3g}")
+    return " | ".join(parts)
+
+
+def train(
+    config: Config,
+    out: Path,
+    resume: bool = False,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """Train `config` into `out` (new run) or continue the run in `out` (resume=True).
+
+    Returns one summary per seed. Raises UserError for bad input and TrainingStoppedError when the
+    run stops early.
+    """
+    setup = prepare(config)
+    config = resolved_config(setup)
+    run_dirs = runs.run_dirs_for(out, config.seeds)
+    if not resume:
+        runs.check_out_dir(out, config)
+
+    trainer = setup.trainer
+    init = jax.jit(jax.vmap(trainer.init))
+    update = jax.jit(jax.vmap(trainer.update))
+
+    state = init(seed_keys(config.seeds))
+    start_update = 0
+    if resume:
+        common = set(runs.checkpoint_updates(run_dirs[0]))
+        for run_dir in run_dirs[1:]:
+            common &= set(runs.checkpoint_updates(run_dir))
+        if common:
+            start_update = max(common)
+            like = _seed_slice(host(state), 0)
+            restored = [runs.load_checkpoint(d, start_update, like)[0] for d in run_dirs]
+            state = jax.device_put(_stack(restored))
+    else:
+        run_dirs = runs.create_run_dirs(out, config)
+
+    num_updates = config.num_updates
+    if start_update >= num_updates:
+        summaries = []
+        for seed, run_dir in zip(config.seeds, run_dirs, strict=True):
+            path = run_dir / "summary.json"
+            if not path.exists():
+                seed_config = runs.config_for_seed(config, seed, run_dir)
+                runs.write_summary(run_dir, seed_config, {"head_names": trainer.head_names})
+            summaries.append(json.loads(path.read_text()))
+        return summaries
+
+    writers = [runs.MetricsWriter(d, start_update) for d in run_dirs]
+    batch = config.batch_size
+    last_saved = start_update
+    good_state = state
+
+    def checkpoint(snapshot: Any, at_update: int) -> None:
+        host_state = host(snapshot)
+        for i, run_dir in enumerate(run_dirs):
+            runs.save_checkpoint(
+                run_dir,
+                at_update,
+                _seed_slice(host_state, i),
+                {"seed": config.seeds[i], "env_steps": at_update * batch},
+            )
+
+    progress = _progress(num_updates * batch, quiet)
+    label = f"{config.env} [{','.join(config.rewards) or 'extrinsic'}]"
+    try:
+        with _Interrupt() as interrupt, progress:
+            task = progress.add_task(
+                label,
+                total=num_updates * batch,
+                completed=start_update * batch,
+                status="compiling...",
+            )
+            for index in range(start_update, num_updates):
+                tick = time.perf_counter()
+                new_state, metrics = update(state)
+                metrics = host(metrics)
+                seconds = time.perf_counter() - tick
+                sps = batch * len(config.seeds) / seconds
+                if not bool(np.all(metrics["finite"])):
+                    bad = [
+                        s for s, ok in zip(config.seeds, metrics["finite"], strict=True) if not ok
+                    ]
+                    checkpoint(good_state, index)
+                    for writer in writers:
+                        writer.close()
+                    raise TrainingStoppedError(
+                        f"non-finite loss or parameters at update {index + 1} (seed "
+                        f"{', '.join(map(str, bad))}); stopped. The last good state (update "
+                        f"{index}) is checkpointed: lower ppo.learning_rate or check the reward "
+                        f"sources, then continue with `autotelic train --resume {out}`.",
+                        exit_code=1,
+                    )
+                state = good_state = new_state
+                for i, writer in enumerate(writers):
+                    writer.write({k: v[i] for k, v in metrics.items()}, seconds, batch / seconds)
+                progress.update(task, advance=batch, status=_status(metrics, sps, config.rewards))
+                done = index + 1
+                if done % config.checkpoint_every == 0 or done == num_updates:
+                    checkpoint(state, done)
+                    last_saved = done
+                    for writer in writers:
+                        writer.flush()
+                if interrupt.requested:
+                    if last_saved != done:
+                        checkpoint(state, done)
+                    for writer in writers:
+                        writer.close()
+                    raise TrainingStoppedError(
+                        f"interrupted after update {done}/{num_updates}; checkpoint saved. "
+                        f"Continue with `autotelic train --resume {out}`.",
+                        exit_code=130,
+                    )
+    except KeyboardInterrupt:
+        for writer in writers:
+            writer.close()
+        raise TrainingStoppedError(
+            f"interrupted; the last checkpoint (update {last_saved}) is intact. "
+            f"Continue with `autotelic train --resume {out}`.",
+            exit_code=130,
+        ) from None
+
+    summaries = []
+    for seed, run_dir, writer in zip(config.seeds, run_dirs, writers, strict=True):
+        writer.close()
+        seed_config = runs.config_for_seed(config, seed, run_dir)
+        summaries.append(
+            runs.write_summary(run_dir, seed_config, {"head_names": list(trainer.head_names)})
+        )
+    return summaries
+
+
+def load_run_config(run: Path) -> tuple[Config, Path]:
+    """The config of the run (or group of runs) in `run`, for `--resume`."""
+    if not run.exists():
+        raise UserError(f"run directory {str(run)!r} does not exist.")
+    group = run / "group.json"
+    single = run / "config.yaml"
+    if group.exists():
+        try:
+            data = json.loads(group.read_text())["config"]
+        except (ValueError, KeyError) as error:
+            raise UserError(f"{str(group)!r} is damaged ({error}); cannot resume.") from None
+    elif single.exists():
+        data = load_yaml(single)
+    else:
+        raise UserError(
+            f"{str(run)!r} holds no autotelic run (no config.yaml or group.json); "
+            "pass the directory that `autotelic train --out` wrote."
+        )
+    data["out"] = str(run)
+    return build(data), run
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    return to_dict(config)
