@@ -178,7 +178,15 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come anywhere among the flags, which argparse's positional
+    # handling does not allow; collect the leftovers here instead.
+    args, extras = parser.parse_known_args(argv)
+    unknown = [e for e in extras if e.startswith("-")]
+    if unknown or (extras and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
+    if args.command == "train":
+        args.overrides = [*args.overrides, *extras]
     handlers = {"train": _cmd_train, "envs": _cmd_envs, "rewards": _cmd_rewards}
     try:
         return handlers[args.command](args)

@@ -251,18 +251,30 @@ class MetricsWriter:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def write(self, metrics: dict[str, Any], wall_seconds: float, steps_per_second: float) -> None:
+    def write(
+        self,
+        metrics: dict[str, Any],
+        wall_seconds: float,
+        steps_per_second: float,
+        compiled: bool = False,
+    ) -> None:
+        """Append one update. `compiled`: this update's time includes compiling the program."""
         if self.columns is None:
-            self.columns = list(metrics)
+            first = ["update", "env_steps"]
+            self.columns = first + [c for c in metrics if c not in first]
             with open(self.csv_path, "w", newline="") as handle:
                 csv.writer(handle).writerow(self.columns)
             with open(self.timing_path, "w", newline="") as handle:
-                csv.writer(handle).writerow(["update", "wall_seconds", "steps_per_second"])
+                csv.writer(handle).writerow(
+                    ["update", "wall_seconds", "steps_per_second", "compiled"]
+                )
         with open(self.csv_path, "a", newline="") as handle:
             csv.writer(handle).writerow([_format(metrics[c]) for c in self.columns])
         update = int(metrics["update"])
         with open(self.timing_path, "a", newline="") as handle:
-            csv.writer(handle).writerow([update, f"{wall_seconds:.3f}", f"{steps_per_second:.1f}"])
+            csv.writer(handle).writerow(
+                [update, f"{wall_seconds:.3f}", f"{steps_per_second:.1f}", int(compiled)]
+            )
         step = int(metrics["env_steps"])
         for name, value in metrics.items():
             if name in ("update", "env_steps"):
@@ -325,6 +337,9 @@ def write_summary(run_dir: Path, config: Config, extra: dict[str, Any]) -> dict[
     timing = read_timing(run_dir)
     env_steps = int(rows[-1]["env_steps"]) if rows else 0
     wall = sum(t["wall_seconds"] for t in timing)
+    steady = [t for t in timing if not t.get("compiled", 0)]
+    steady_seconds = sum(t["wall_seconds"] for t in steady)
+    steady_steps = len(steady) * (env_steps / len(rows)) if rows else 0
     window = final_window(rows, env_steps)
     summary = {
         "env": config.env,
@@ -334,6 +349,10 @@ def write_summary(run_dir: Path, config: Config, extra: dict[str, Any]) -> dict[
         "updates": int(rows[-1]["update"]) if rows else 0,
         "wall_seconds": round(wall, 3),
         "steps_per_second": round(env_steps / wall, 1) if wall > 0 else None,
+        # excluding updates whose time includes compilation (the first of each process)
+        "steady_steps_per_second": round(steady_steps / steady_seconds, 1)
+        if steady_seconds > 0
+        else None,
         "final_return": None if math.isnan(window.final_return) else window.final_return,
         "success_rate": None if math.isnan(window.success_rate) else window.success_rate,
         "final_window_episodes": int(window.episodes),

@@ -213,8 +213,10 @@ def train(
                         exit_code=1,
                     )
                 state = good_state = new_state
+                first = index == start_update
                 for i, writer in enumerate(writers):
-                    writer.write({k: v[i] for k, v in metrics.items()}, seconds, batch / seconds)
+                    row = {k: v[i] for k, v in metrics.items()}
+                    writer.write(row, seconds, batch / seconds, compiled=first)
                 progress.update(task, advance=batch, status=_status(metrics, sps, config.rewards))
                 done = index + 1
                 if done % config.checkpoint_every == 0 or done == num_updates:
