@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from autotelic.cli import main
@@ -133,7 +131,3 @@ def test_envs_lists_every_namespace(capsys):
     for expected in ("navix:Navix-DoorKey-8x8-v0", "xminigrid:MiniGrid-DoorKey-8x8",
                      "gymnax:CartPole-v1", "semantics=navix"):  # fmt: skip
         assert expected in out
-
-
-def test_paths_are_plain(tmp_path):
-    assert isinstance(tmp_path, Path)
