@@ -495,6 +495,18 @@ def seed_keys(seeds: tuple[int, ...]) -> Array:
     return jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
 
 
+def init_seeds(trainer: Trainer, seeds: tuple[int, ...]) -> TrainState:
+    """The initial state of every seed, stacked on a leading axis (the input of `vmap(update)`).
+
+    Runs `vmap(init)` eagerly, op by op, on purpose. Under `jit`, XLA's CPU runtime executes
+    independent operations side by side on its small thread pool; the orthogonal initializers'
+    batched QR factorizations (LAPACK custom calls) then each wait for pool threads that the other
+    holds, and the program deadlocks with every thread asleep (seen with jaxlib 0.10.2 on 2 cores).
+    Eager dispatch runs one operation at a time. It costs a second or two, once per run.
+    """
+    return jax.vmap(trainer.init)(seed_keys(seeds))
+
+
 def host(tree: Any) -> Any:
     """Device arrays -> numpy (forces the computation to finish)."""
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))

@@ -19,7 +19,7 @@ import numpy as np
 from . import envs, runs
 from .config import Config, build, load_yaml, to_dict
 from .errors import UserError
-from .ppo import Trainer, host, make_trainer, seed_keys
+from .ppo import Trainer, host, init_seeds, make_trainer
 from .rewards.base import build_sources
 
 
@@ -139,10 +139,8 @@ def train(
         runs.check_out_dir(out, config)
 
     trainer = setup.trainer
-    init = jax.jit(jax.vmap(trainer.init))
     update = jax.jit(jax.vmap(trainer.update))
-
-    state = init(seed_keys(config.seeds))
+    state = init_seeds(trainer, config.seeds)
     start_update = 0
     if resume:
         common = set(runs.checkpoint_updates(run_dirs[0]))

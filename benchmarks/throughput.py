@@ -20,7 +20,7 @@ import jax
 
 from autotelic import config as config_module
 from autotelic import envs
-from autotelic.ppo import make_trainer, seed_keys
+from autotelic.ppo import init_seeds, make_trainer
 from autotelic.rewards.base import build_sources
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     sources, params = build_sources(config.rewards, config.sources, env.spec)
     trainer = make_trainer(config, env, sources, params, config.rewards)
     update = jax.jit(jax.vmap(lambda s: trainer.update(s)[0]))
-    state = jax.jit(jax.vmap(trainer.init))(seed_keys((0,)))
+    state = init_seeds(trainer, (0,))
     ppo_seconds, _ = time_calls(update, state, args.repeats)
 
     env_sps = batch / statistics.median(env_seconds)

@@ -9,7 +9,7 @@ import pytest
 
 from autotelic import config as config_module
 from autotelic import envs
-from autotelic.ppo import make_trainer, seed_keys
+from autotelic.ppo import init_seeds, make_trainer
 
 
 def tiny(kind: str, **extra) -> config_module.Config:
@@ -29,7 +29,7 @@ def test_each_network_kind_runs_updates_under_jit_and_vmap(kind):
     env = envs.make(config.env, **config.env_options)
     trainer = make_trainer(config, env)
     update = jax.jit(jax.vmap(trainer.update))
-    state = jax.jit(jax.vmap(trainer.init))(seed_keys((0, 1)))
+    state = init_seeds(trainer, (0, 1))
     before = jax.tree_util.tree_leaves(state.params)
     for _ in range(3):
         state, metrics = update(state)
