@@ -1,0 +1,310 @@
+"""Episodic kNN novelty over inverse-dynamics embeddings, as in Never Give Up.
+
+"Never Give Up: Learning Directed Exploration Strategies", Badia et al., ICLR 2020
+(arXiv 2002.06038), Sec. 2 and the episodic-reward algorithm of its appendix. Each env keeps an
+episodic memory M of controllable-state embeddings f(x), emptied at every episode start. A new
+observation x_t is scored against its k nearest neighbours in M, then added to M:
+
+    r^ep_t = 1 / (sqrt(sum_{f_j in N_k} K(f(x_t), f_j)) + c)         (NGU Eq. 2)
+    K(x, y) = eps / (d_n^2 + eps),   d_n^2 = max(d^2(x, y) / d_m^2 - xi, 0)
+
+d^2 is the squared Euclidean distance and d_m^2 a running average of the squared kNN distances
+(updated with the current ones before they are normalized). The max is taken per neighbour: a
+widely copied port takes `max` over the whole list, clamping every distance by one scalar. The
+similarity s = sqrt(sum K) + c is what is compared with s_m: when s > s_m the reward is 0 (the
+state is too close to too much of the memory for a count to mean anything).
+
+With `lifelong=true` the episodic reward is modulated by RND's error (NGU Eq. 1),
+`alpha_t = 1 + (err(x_t) - mu_e) / sigma_e` with running mean and std of err, and
+`r_t = r^ep_t * min(max(alpha_t, 1), L)`. The RND networks are `autotelic.rewards.rnd`'s,
+with RND's defaults, and are trained on the rollout's next observations in `update`; while RND's
+observation normalizer has no statistics yet (the first rollout), alpha is taken as 1.
+
+Which observation is scored: the transition (s_t, a_t, s_{t+1}) is paid the novelty of s_{t+1},
+the real next observation, like RND (so episodic and lifelong terms score the same state). The
+episode's first observation s_0 enters M before s_1 is scored, so M holds s_0..s_t when s_{t+1}
+is scored, as in NGU where every observation of the episode enters the memory.
+
+Memory: `[N, capacity, d]` per env with the number of insertions this episode; the effective
+capacity is min(capacity, max_steps + 1), which holds a whole episode. With a smaller
+`capacity` the memory is a ring buffer: once full, each insertion overwrites the oldest entry,
+so the kNN search covers the most recent `capacity` observations of the episode. f is retrained
+at every PPO update, also in mid-episode; the memory keeps the embeddings it was given, and d_m^2
+is a cumulative mean over all distances seen (so it adapts slowly when f's scale drifts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ..envs.base import EnvSpec
+from ..errors import UserError
+from .base import HeadConfig, RewardSource, SourceEntry, Transition, register
+from .inverse_dynamics import EmbeddingState, check_embedding_params, make_inverse_dynamics
+from .rnd import Distiller, DistillState, ObsStats, RNDParams, check_distiller, update_moments
+
+Array = jax.Array
+
+# Guards a division by the running mean of squared distances while every distance seen was 0.
+MIN_MEAN_DISTANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class EpisodicParams(HeadConfig):
+    """NGU episodic-novelty settings; constants are the paper's.
+
+    coef:               0.3, NGU's largest intrinsic weight beta (the most exploratory policy)
+    gamma:              0.99, the discount NGU pairs with that policy
+    episodic:           true: the memory, and so the reward, is per episode
+    normalize:          "return_std"; NGU has no reward normalization but an R2D2 value rescaling
+                        this loop does not use, and r^ep can reach 1/c = 1000
+    k:                  number of neighbours (10)
+    kernel_epsilon:     eps of the kernel (1e-4)
+    cluster_distance:   xi, normalized squared distances below it count as 0 (0.008)
+    c:                  pseudo-count constant (0.001)
+    max_similarity:     s_m, similarity above which the reward is 0 (8)
+    lifelong:           modulate by RND's error (NGU proper); false: the episodic term alone
+    max_modulation:     L, the cap of the lifelong multiplier (5)
+    capacity:           memory slots per env (NGU: 30000); used up to max_steps + 1
+    learning_rate:      Adam step of the embedding and inverse model (NGU's table: 5e-4)
+    embedding_dim:      size of f(x) (NGU: 32)
+    hidden:             width of the encoder's last layer and the inverse model's hidden layer
+    encoding:           grid codes as numbers ("raw") or one-hot ("one_hot")
+    update_epochs, num_minibatches: passes over the rollout and minibatches per pass
+    """
+
+    coef: float = 0.3
+    gamma: float = 0.99
+    episodic: bool = True
+    normalize: str = "return_std"
+    k: int = 10
+    kernel_epsilon: float = 1e-4
+    cluster_distance: float = 0.008
+    c: float = 0.001
+    max_similarity: float = 8.0
+    lifelong: bool = False
+    max_modulation: float = 5.0
+    capacity: int = 30_000
+    learning_rate: float = 5e-4
+    embedding_dim: int = 32
+    hidden: int = 256
+    encoding: str = "raw"
+    update_epochs: int = 1
+    num_minibatches: int = 4
+
+
+class EpisodicState(NamedTuple):
+    """model:          f and the inverse model
+    memory:         [N, C, d] f32 episodic memory; slots >= min(size, C) are stale
+    size:           [N] int32 embeddings inserted this episode (slot of the next: size mod C)
+    episode_start:  [N] bool, the next transition's obs is the first of an episode
+    distance_mean:  [] f32 running mean d_m^2 of squared kNN distances
+    distance_count: [] f32 number of distances folded into it
+    lifelong:       RND state, or None without lifelong modulation
+    error_stats:    running moments of RND's error ([1]-shaped), or None"""
+
+    model: EmbeddingState
+    memory: Array
+    size: Array
+    episode_start: Array
+    distance_mean: Array
+    distance_count: Array
+    lifelong: DistillState | None
+    error_stats: ObsStats | None
+
+
+def memory_insert(memory: Array, size: Array, embedding: Array, insert: Array) -> tuple[Any, Any]:
+    """Write `embedding: [N, d]` at slot `size mod C` of `memory: [N, C, d]` where `insert: [N]`
+    is true (ring buffer: a full memory overwrites its oldest entry). Returns (memory, size)."""
+    capacity = memory.shape[1]
+    rows = jnp.arange(memory.shape[0])
+    slot = size % capacity
+    value = jnp.where(insert[:, None], embedding, memory[rows, slot])
+    return memory.at[rows, slot].set(value), size + insert.astype(size.dtype)
+
+
+def nearest_sq_distances(memory: Array, size: Array, query: Array, k: int) -> tuple[Array, Array]:
+    """Squared Euclidean distances from `query: [N, d]` to its k nearest valid entries of
+    `memory: [N, C, d]`, ascending, and which of them exist (fewer than k entries early in an
+    episode). Returns (sq_distances [N, k'] f32, valid [N, k'] bool), k' = min(k, C)."""
+    capacity = memory.shape[1]
+    sq = jnp.sum(jnp.square(memory - query[:, None, :]), axis=-1)  # [N, C]
+    filled = jnp.arange(capacity)[None, :] < jnp.minimum(size, capacity)[:, None]
+    sq = jnp.where(filled, sq, jnp.inf)
+    negated, _ = jax.lax.top_k(-sq, min(k, capacity))
+    nearest = -negated
+    valid = jnp.isfinite(nearest)
+    return jnp.where(valid, nearest, 0.0), valid
+
+
+def update_distance_mean(mean: Array, count: Array, sq: Array, valid: Array) -> tuple[Any, Any]:
+    """Fold the valid entries of `sq: [N, k]` into the running mean d_m^2 (a cumulative mean)."""
+    n = valid.sum().astype(jnp.float32)
+    total = count + n
+    batch_sum = jnp.where(valid, sq, 0.0).sum()
+    mean = mean + (batch_sum - n * mean) / jnp.maximum(total, 1.0)
+    return mean, total
+
+
+def episodic_novelty(
+    sq_distances: Array,
+    valid: Array,
+    distance_mean: Array,
+    kernel_epsilon: float,
+    cluster_distance: float,
+    c: float,
+    max_similarity: float,
+) -> Array:
+    """NGU's episodic reward from the squared kNN distances `sq_distances: [..., k]` (entries
+    with `valid` false are absent) and the running mean `distance_mean` = d_m^2. Returns [...].
+
+    d_n^2 = max(d^2 / d_m^2 - xi, 0) per neighbour; K = eps / (d_n^2 + eps);
+    s = sqrt(sum K) + c; r = 0 if s > s_m else 1 / s (NGU Eq. 2 and its appendix algorithm).
+    """
+    normalized = sq_distances / jnp.maximum(distance_mean, MIN_MEAN_DISTANCE)
+    # Elementwise: each neighbour is clamped on its own (not by the max of the list).
+    clustered = jnp.maximum(normalized - cluster_distance, 0.0)
+    kernel = jnp.where(valid, kernel_epsilon / (clustered + kernel_epsilon), 0.0)
+    similarity = jnp.sqrt(kernel.sum(axis=-1)) + c
+    return jnp.where(similarity > max_similarity, 0.0, 1.0 / similarity)
+
+
+def lifelong_multiplier(error: Array, stats: ObsStats, max_modulation: float) -> Array:
+    """min(max(alpha, 1), L) with alpha = 1 + (err - mu_e) / sigma_e (NGU Eq. 1).
+
+    error: [N] f32; stats: running moments of err with `mean, var: [1]`."""
+    alpha = 1.0 + (error - stats.mean[0]) / jnp.sqrt(stats.var[0] + 1e-8)
+    return jnp.clip(alpha, 1.0, max_modulation)
+
+
+def effective_capacity(params: EpisodicParams, spec: EnvSpec) -> int:
+    """Slots actually allocated: no episode inserts more than max_steps + 1 observations."""
+    if spec.max_steps > 0:
+        return max(1, min(params.capacity, spec.max_steps + 1))
+    return params.capacity
+
+
+def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
+    model = make_inverse_dynamics(
+        spec,
+        params.embedding_dim,
+        params.hidden,
+        params.encoding,
+        params.learning_rate,
+        params.update_epochs,
+        params.num_minibatches,
+    )
+    capacity = effective_capacity(params, spec)
+    distiller = Distiller(RNDParams(), spec) if params.lifelong else None
+
+    def init(key: Array, spec: EnvSpec, num_envs: int) -> EpisodicState:
+        k_model, k_lifelong = jax.random.split(key)
+        lifelong, error_stats = None, None
+        if distiller is not None:
+            lifelong = distiller.init(k_lifelong)
+            error_stats = ObsStats(jnp.zeros((1,)), jnp.ones((1,)), jnp.zeros(()))
+        return EpisodicState(
+            model=model.init(k_model),
+            memory=jnp.zeros((num_envs, capacity, params.embedding_dim), jnp.float32),
+            size=jnp.zeros((num_envs,), jnp.int32),
+            episode_start=jnp.ones((num_envs,), bool),
+            distance_mean=jnp.zeros((), jnp.float32),
+            distance_count=jnp.zeros((), jnp.float32),
+            lifelong=lifelong,
+            error_stats=error_stats,
+        )
+
+    def reward(state: EpisodicState, transition: Transition) -> tuple[Array, EpisodicState]:
+        start = state.episode_start
+        both = jnp.concatenate([transition.obs, transition.next_obs], axis=0)
+        phi, phi_next = jnp.split(model.embed(state.model.params, both), 2, axis=0)
+        # A new episode empties the memory, then its first observation enters it unscored.
+        size = jnp.where(start, 0, state.size)
+        memory, size = memory_insert(state.memory, size, phi, start)
+        sq, valid = nearest_sq_distances(memory, size, phi_next, params.k)
+        distance_mean, distance_count = update_distance_mean(
+            state.distance_mean, state.distance_count, sq, valid
+        )
+        novelty = episodic_novelty(
+            sq,
+            valid,
+            distance_mean,
+            params.kernel_epsilon,
+            params.cluster_distance,
+            params.c,
+            params.max_similarity,
+        )
+        memory, size = memory_insert(memory, size, phi_next, jnp.ones_like(start))
+        state = state._replace(
+            memory=memory,
+            size=size,
+            episode_start=transition.done,
+            distance_mean=distance_mean,
+            distance_count=distance_count,
+        )
+        if distiller is None:
+            return novelty, state
+        error = distiller.squared_error(state.lifelong, transition.next_obs)
+        ready = distiller.ready(state.lifelong)
+        error_stats = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(ready, new, old),
+            update_moments(state.error_stats, error[:, None]),
+            state.error_stats,
+        )
+        multiplier = jnp.where(
+            ready, lifelong_multiplier(error, error_stats, params.max_modulation), 1.0
+        )
+        return novelty * multiplier, state._replace(error_stats=error_stats)
+
+    def update(
+        state: EpisodicState, rollout: Transition, key: Array
+    ) -> tuple[EpisodicState, dict[str, Array]]:
+        k_model, k_lifelong = jax.random.split(key)
+        model_state, metrics = model.update(state.model, rollout, k_model)
+        metrics = {**metrics, "distance_mean": state.distance_mean}
+        state = state._replace(model=model_state)
+        if distiller is not None:
+            next_obs = rollout.next_obs.reshape(-1, *rollout.next_obs.shape[2:])
+            lifelong, lifelong_metrics = distiller.train(state.lifelong, next_obs, k_lifelong)
+            metrics.update({f"lifelong_{k}": v for k, v in lifelong_metrics.items()})
+            metrics["lifelong_error_mean"] = state.error_stats.mean[0]
+            state = state._replace(lifelong=lifelong)
+        return state, metrics
+
+    return RewardSource(init, reward, update)
+
+
+def check_episodic(params: EpisodicParams, spec: EnvSpec) -> None:
+    check_embedding_params("episodic", params, spec)
+    prefix = "sources.episodic."
+    for name in ("k", "capacity"):
+        if getattr(params, name) < 1:
+            raise UserError(f"{prefix}{name} must be >= 1, got {getattr(params, name)}.")
+    for name in ("kernel_epsilon", "c", "max_similarity"):
+        if not getattr(params, name) > 0:
+            raise UserError(f"{prefix}{name} must be > 0, got {getattr(params, name)}.")
+    if params.cluster_distance < 0:
+        raise UserError(f"{prefix}cluster_distance must be >= 0, got {params.cluster_distance}.")
+    if params.max_modulation < 1:
+        raise UserError(
+            f"{prefix}max_modulation (L) must be >= 1, the multiplier is clipped to [1, L]; "
+            f"got {params.max_modulation}."
+        )
+    if params.lifelong:
+        check_distiller(RNDParams(), spec, "rnd")
+
+
+register(
+    SourceEntry(
+        name="episodic",
+        params_class=EpisodicParams,
+        build=make_episodic,
+        check=check_episodic,
+        summary="NGU episodic kNN novelty over inverse-dynamics embeddings "
+        "(lifelong=true adds the RND modulation)",
+    )
+)
