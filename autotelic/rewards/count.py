@@ -21,7 +21,7 @@ phi, chosen by `hash`:
   distinct observations share a key only if both hashes agree, with probability about 2^-64 per
   pair (about 3e-10 for 10^5 distinct states); apart from that the counts are exact. A difference
   in a single position never collides (odd multipliers are invertible mod 2^32).
-* `simhash` (default on vector and image observations): Tang et al. 2017, Sec. 2.2,
+* `simhash` (default on vector and image observations): Tang et al. 2017, Sec. 2,
   `phi(s) = sgn(A g(s))`, A a fixed k x D matrix with i.i.d. N(0, 1) entries drawn from the
   source's init key, g(s) the flattened observation as float. The k sign bits are keyed into the
   same table.

@@ -12,7 +12,8 @@ observations initialise the normalizer; the predictor trains on each rollout's s
 alpha = 0.5 (the paper's value).
 
 N_e is the number of times s_{t+1} has been seen in the current episode of that env, counting this
-visit, so the bonus pays only on the first visit within an episode. It is exact: each env keeps
+visit, so the bonus pays only on the first visit within an episode. It is exact (up to 64-bit
+fingerprint collisions, about 2^-64 per pair of states): each env keeps
 the 64-bit fingerprints (see `count.py`) of the next-observations of its running episode, room
 for `spec.max_steps` of them, one per transition, which is every transition an episode can have.
 Where `transition.done` is true the memory is emptied *after* the terminal transition's reward,
@@ -20,9 +21,9 @@ so the first transition of the next episode starts with an empty memory. The res
 not recorded (it is never an s_{t+1}). On float observations "seen" means bit-identical, so on
 continuous observations N_e is almost always 1 and the bonus reduces to the novelty difference.
 
-Defaults from the authors' code (tianjunz/NovelD): intrinsic coefficient 0.05, no reward
-normalization, and one reward stream whose returns stop at episode ends (IMPALA's per-step
-discount), hence `episodic = true`, gamma 0.99. Deviation: that code clips the summed reward
+Defaults from the authors' released code: intrinsic coefficient 0.05, no reward normalization,
+and one reward stream whose returns stop at episode ends (IMPALA's per-step discount), hence
+`episodic = true`; gamma is left at 0.99. Deviation: that code clips the summed reward
 r_ext + 0.05 r_int to [-1, 1]; autotelic keeps a value head per source and mixes advantages, so
 there is no summed reward to clip.
 """

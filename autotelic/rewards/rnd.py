@@ -62,8 +62,9 @@ class RNDParams(HeadConfig):
                        states pay after 2 updates and 0.055x after 10. 1e-3 fades the bonus of
                        seen states about ten times faster (0.004x after 5 updates of 1,024)
     update_proportion: each rollout sample enters the predictor loss with this probability.
-                       1.0 is the reference code's value and the best setting on DoorKey
-                       (RLeXplore, Table 5); CleanRL uses 0.25 with 128 envs
+                       1.0 is the reference code's value and the best setting on DoorKey in
+                       the RLeXplore study (its Table 5); values below 1 keep the predictor's
+                       effective batch fixed when the number of envs grows
     update_epochs:     passes over the rollout per update (the paper's 4)
     num_minibatches:   minibatches per pass (the paper's 4); the remainder of a rollout that does
                        not divide evenly is left out of that pass (a different remainder each pass)
