@@ -3,6 +3,7 @@
     autotelic train [--env ID] [--reward SOURCES] [--steps N] [--seed S | --seeds LIST]
                     [--num-envs E] [--out DIR] [--config FILE] [key=value ...]
     autotelic train --resume RUN_DIR
+    autotelic bench SPEC.yaml [--out DIR] [--address RAY_ADDRESS] [--cpus-per-run N] [--quiet]
     autotelic envs
     autotelic rewards
 
@@ -52,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. ppo.learning_rate=3e-4"
     )
+
+    bench = commands.add_parser(
+        "bench", help="train a grid of tasks x reward sources x seeds from a spec, with Ray"
+    )
+    bench.add_argument("spec", metavar="SPEC.yaml", help="the bench spec (see autotelic.bench)")
+    bench.add_argument("--out", help="output directory (default: runs/bench-<spec name>)")
+    bench.add_argument(
+        "--address", help="Ray cluster to run on, e.g. auto or HOST:6379 (default: local Ray)"
+    )
+    bench.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        help="CPUs each configuration (all its seeds) reserves in Ray (default 1)",
+    )
+    bench.add_argument("--quiet", action="store_true", help="no progress lines")
 
     commands.add_parser("envs", help="list the environments")
     commands.add_parser("rewards", help="list the reward sources")
@@ -149,6 +166,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+
+    return bench(
+        Path(args.spec),
+        out=Path(args.out) if args.out else None,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        quiet=args.quiet,
+    )
+
+
 def _cmd_envs(args: argparse.Namespace) -> int:
     from .envs import ALIASES, NAMESPACES, list_envs
 
@@ -187,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extras)}")
     if args.command == "train":
         args.overrides = [*args.overrides, *extras]
-    handlers = {"train": _cmd_train, "envs": _cmd_envs, "rewards": _cmd_rewards}
+    handlers = {
+        "train": _cmd_train,
+        "bench": _cmd_bench,
+        "envs": _cmd_envs,
+        "rewards": _cmd_rewards,
+    }
     try:
         return handlers[args.command](args)
     except UserError as error:

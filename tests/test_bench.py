@@ -1,0 +1,156 @@
+"""`autotelic bench` end to end: a real local Ray instance (started by the command) trains a
+1-task grid; results, curves, a failing configuration, skipping on rerun, bad specs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autotelic.bench import load_spec, plan, reward_label
+from autotelic.cli import main
+
+TASK = "navix:Navix-Empty-5x5-v0"
+TASK_DIR = "navix__Navix-Empty-5x5-v0"
+# 4 envs x 16 steps = 64 env steps per update. final_return and success_rate come from the
+# episodes that end in the last 5% of env steps: of 10,240 that is the last 8 updates, 128 steps
+# per env, more than Empty-5x5's 100-step horizon, so every seed has some even if it learned
+# nothing, and the IQM is over both seeds. (Compiling costs far more than the 160 updates.)
+STEPS = 10_240
+# A small count table keeps the count runs' checkpoints small; it reaches only the count runs.
+OVERRIDES = {
+    "ppo.num_envs": 4,
+    "ppo.num_steps": 16,
+    "network.kind": "mlp",
+    "sources.count.table_size": 1024,
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_spec(tmp_path: Path, **changes: Any) -> Path:
+    spec = {
+        "name": "test",
+        "steps": STEPS,
+        "seeds": [0, 1],
+        "tasks": [TASK],
+        "rewards": ["none", "count"],
+        "overrides": OVERRIDES,
+    }
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def results(out: Path) -> dict[str, dict[str, Any]]:
+    data = json.loads((out / "results.json").read_text())
+    return {row["rewards"]: row for row in data["configurations"]}
+
+
+def metrics_mtimes(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted(out.glob("*/*/seed_*/metrics.csv"))}
+
+
+def assert_interval(interval: dict[str, Any]) -> None:
+    assert interval["seeds"] == 2, interval
+    point, low, high = interval["iqm"], interval["low"], interval["high"]
+    assert all(x is not None and math.isfinite(x) for x in (point, low, high)), interval
+    assert low <= point <= high, interval
+
+
+def test_bench_reports_every_configuration_and_skips_finished_ones_on_rerun(cli, capsys, tmp_path):
+    # none and count train normally. rnd's predictor takes Adam steps of 1e30 (the sources.rnd
+    # override reaches only the rnd runs): its parameters overflow in the first update and PPO's
+    # loss is non-finite in the second, a real run-time failure next to two successes.
+    # --cpus-per-run 0.5 runs all three at once (compiling dominates; one round instead of two).
+    spec = write_spec(
+        tmp_path,
+        rewards=["none", "count", "rnd"],
+        overrides={**OVERRIDES, "sources.rnd.learning_rate": 1.0e30},
+    )
+    out = tmp_path / "bench"
+    first = cli("bench", str(spec), "--out", str(out), "--quiet", "--cpus-per-run", "0.5")
+    assert first.returncode == 1, first.stderr
+
+    rows = results(out)
+    assert set(rows) == {"none", "count", "rnd"}
+    for name in ("none", "count"):
+        row = rows[name]
+        assert row["status"] == "trained", row
+        assert row["error"] is None
+        assert row["dir"] == f"{TASK_DIR}/{name}"
+        assert row["env_steps_per_seed"] == STEPS
+        assert_interval(row["final_return"])
+        assert_interval(row["success_rate"])
+        assert row["wall_seconds_per_seed"] == pytest.approx(row["group_wall_seconds"] / 2)
+        for seed in (0, 1):
+            assert (out / TASK_DIR / name / f"seed_{seed}" / "summary.json").exists()
+    failed = rows["rnd"]
+    assert failed["status"] == "failed"
+    assert "non-finite" in failed["error"], failed
+    assert failed["final_return"]["iqm"] is None and failed["wall_seconds_per_seed"] is None
+
+    markdown = (out / "results.md").read_text()
+    assert "| task | rewards | final return IQM [95% CI]" in markdown
+    for name in ("none", "count", "rnd"):
+        assert f"| {TASK} | {name} |" in markdown
+        assert f"| {TASK} | {name} |" in first.stdout  # the table is printed too
+    assert "## Not finished" in markdown and "non-finite" in markdown
+    assert "failed: " in first.stderr and "Traceback" not in first.stderr
+    assert f"results: {out.resolve() / 'results.md'}" in first.stdout
+    assert (out / f"curves_{TASK_DIR}.png").read_bytes()[:8] == PNG_MAGIC
+
+    # The same grid without the failing entry: both configurations are finished, so nothing
+    # trains again (Ray is not even started).
+    spec = write_spec(tmp_path)
+    before = metrics_mtimes(out)
+    again = cli("bench", str(spec), "--out", str(out), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert {name: row["status"] for name, row in results(out).items()} == {
+        "none": "skipped",
+        "count": "skipped",
+    }
+    assert metrics_mtimes(out) == before
+
+    # A configuration that lacks one seed's summary is resumed (the resume itself is
+    # `train(..., resume=True)`, tested with `autotelic train --resume`); the other is skipped.
+    (out / TASK_DIR / "none" / "seed_1" / "summary.json").unlink()
+    states = {reward_label(c.rewards): c.state for c in plan(load_spec(spec), spec, out.resolve())}
+    assert states == {"none": "partial", "count": "finished"}
+
+    # The same --out with a different spec is refused before anything runs.
+    changed = write_spec(tmp_path, steps=2 * STEPS)
+    assert main(["bench", str(changed), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "steps" in err, err
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"rewards": ["none", "count,rndd"]}, ["reward source", "rndd"]),
+        ({"tasks": ["navix:Navix-Empty-5x5-v1"]}, ["Navix-Empty-5x5-v0"]),
+        ({"overrides": {"ppo.learnin_rate": 1e-3}}, ["ppo.learnin_rate", "learning_rate"]),
+        ({"overrides": {"ppo.learning_rate": -1}}, ["ppo.learning_rate", "positive"]),
+        ({"overrides": {"steps": 10}}, ["overrides may not set", "steps"]),
+        ({"overrides": {"sources.rnd.coef": 2}}, ["sources.rnd.coef", "no rewards entry"]),
+        ({"seed": [0]}, ["unknown spec key", "seeds"]),
+        ({"rewards": [["rnd", "count"]]}, ["rewards entry", "comma-separated"]),
+        ({"seeds": [0, 0]}, ["seeds repeat"]),
+    ],
+)
+def test_bad_specs_exit_2_before_writing(capsys, tmp_path, changes, needles):
+    spec = write_spec(tmp_path, **changes)
+    out = tmp_path / "bench"
+    code = main(["bench", str(spec), "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert captured.err.count("error:") == 1, captured.err
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in captured.err, captured.err
+    assert not out.exists()
