@@ -27,7 +27,8 @@ from .envs.base import EnvSpec
 Array = jax.Array
 
 
-def _dense(features: int, scale: float) -> nn.Dense:
+def dense(features: int, scale: float = np.sqrt(2)) -> nn.Dense:
+    """A dense layer with orthogonal initialization (gain `scale`), used by every network here."""
     return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale))
 
 
@@ -65,10 +66,10 @@ class Encoder(nn.Module):
             x = nn.relu(Conv2x2(32)(x))
             x = nn.relu(Conv2x2(64)(x))
             x = x.reshape(x.shape[0], -1)
-            return nn.relu(_dense(self.hidden, np.sqrt(2))(x))
+            return nn.relu(dense(self.hidden, np.sqrt(2))(x))
         x = x.reshape(x.shape[0], -1)
-        x = nn.tanh(_dense(self.hidden, np.sqrt(2))(x))
-        return nn.tanh(_dense(self.hidden, np.sqrt(2))(x))
+        x = nn.tanh(dense(self.hidden, np.sqrt(2))(x))
+        return nn.tanh(dense(self.hidden, np.sqrt(2))(x))
 
 
 class Conv2x2(nn.Module):
@@ -85,7 +86,7 @@ class Conv2x2(nn.Module):
         patches = jnp.concatenate(
             [x[:, :-1, :-1], x[:, :-1, 1:], x[:, 1:, :-1], x[:, 1:, 1:]], axis=-1
         )
-        return _dense(self.features, np.sqrt(2))(patches)
+        return dense(self.features, np.sqrt(2))(patches)
 
 
 def max_pool_2x2(x: Array) -> Array:
@@ -110,10 +111,10 @@ class ActorCritic(nn.Module):
         if self.config.kind == "gru":
             carry = jnp.where(episode_start[:, None], jnp.zeros_like(carry), carry)
             carry, features = nn.GRUCell(self.config.gru_hidden)(carry, features)
-        actor = nn.tanh(_dense(self.config.hidden, np.sqrt(2))(features))
-        logits = _dense(self.spec.num_actions, 0.01)(actor)
-        critic = nn.tanh(_dense(self.config.hidden, np.sqrt(2))(features))
-        values = _dense(self.num_heads, 1.0)(critic)
+        actor = nn.tanh(dense(self.config.hidden, np.sqrt(2))(features))
+        logits = dense(self.spec.num_actions, 0.01)(actor)
+        critic = nn.tanh(dense(self.config.hidden, np.sqrt(2))(features))
+        values = dense(self.num_heads, 1.0)(critic)
         return carry, logits, values
 
 

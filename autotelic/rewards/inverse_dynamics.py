@@ -26,12 +26,11 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from ..envs.base import EnvSpec
 from ..errors import UserError
-from ..networks import Encoder
+from ..networks import Encoder, dense
 from .base import Transition
 
 Array = jax.Array
@@ -42,11 +41,6 @@ OBS_KINDS = ("grid", "vector", "image")
 # Both reference implementations (ICM's A3C code and E3B's IMPALA code) clip the gradient norm of
 # their embedding networks at 40; a fixed guard against rare huge steps, not a tuning knob.
 MAX_GRAD_NORM = 40.0
-
-
-def dense(features: int, scale: float = np.sqrt(2)) -> nn.Dense:
-    """A dense layer with orthogonal initialization, as in `autotelic.networks`."""
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale))
 
 
 class Embedding(nn.Module):
