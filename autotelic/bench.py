@@ -10,11 +10,12 @@ run as independent Ray tasks and summarized over seeds with IQM, bootstrap inter
       ppo.num_envs: 8
       network.kind: mlp
       sources.rnd.coef: 0.5           # sources.<name>.*: only the runs that use <name>
+    self_imitation: [false, true]     # optional: every entry without and with --self-imitation
 
 A configuration is one task with one reward entry. It trains its seeds vmapped in one process
 (`autotelic.train.train`), into
 
-    OUT/<task, ':' -> '__'>/<reward entry, ',' -> '+'>/seed_<s>/
+    OUT/<task, ':' -> '__'>/<reward entry, ',' -> '+'>[-sil]/seed_<s>/
 
 Configurations share nothing, so each is one Ray task: the same command runs them side by side on
 a laptop (a local Ray instance) or spreads them over a cluster (`--address`; OUT must then be on a
@@ -64,6 +65,7 @@ OWNED_OPTIONS = {
     "seeds": "seeds",
     "rewards": "rewards",
     "out": "--out",
+    "sil.enabled": "self_imitation",
 }
 CURVE_POINTS = 100  # learning curves are thinned to this many updates (bootstrap cost per point)
 CURVE_RESAMPLES = 500
@@ -83,11 +85,13 @@ class Spec:
     tasks: tuple[str, ...]
     rewards: tuple[tuple[str, ...], ...]
     overrides: dict[str, Any] = field(default_factory=dict)
+    self_imitation: tuple[bool, ...] = (False,)
 
 
-def reward_label(names: tuple[str, ...]) -> str:
-    """How a reward entry is written in the spec and the results: "none", "rnd,episodic"."""
-    return ",".join(names) or "none"
+def reward_label(names: tuple[str, ...], sil: bool = False) -> str:
+    """How a reward entry is written in the spec and the results: "none", "rnd,episodic", and
+    "rnd +sil" with self-imitation."""
+    return (",".join(names) or "none") + (" +sil" if sil else "")
 
 
 def task_dirname(task: str) -> str:
@@ -95,8 +99,8 @@ def task_dirname(task: str) -> str:
     return task.replace(":", "__").replace("/", "_")
 
 
-def reward_dirname(names: tuple[str, ...]) -> str:
-    return "+".join(names) or "none"
+def reward_dirname(names: tuple[str, ...], sil: bool = False) -> str:
+    return ("+".join(names) or "none") + ("-sil" if sil else "")
 
 
 def _reward_entry(entry: Any, where: str) -> tuple[str, ...]:
@@ -168,10 +172,11 @@ def load_spec(path: Path) -> Spec:
         )
     for key in overrides:
         first = str(key).split(".")[0]
-        if first in OWNED_OPTIONS:
+        owned = str(key) if str(key) in OWNED_OPTIONS else first
+        if owned in OWNED_OPTIONS:
             raise UserError(
                 f"{where}: overrides may not set {key!r}; the spec sets it through "
-                f"{OWNED_OPTIONS[first]}."
+                f"{OWNED_OPTIONS[owned]}."
             )
     used = {source for entry in rewards for source in entry}
     from .rewards.base import source_names
@@ -186,7 +191,13 @@ def load_spec(path: Path) -> Spec:
                 f"{where}: override {key!r} configures source {parts[1]!r}, which no rewards "
                 f"entry uses (sources in use: {', '.join(sorted(used)) or 'none'})."
             )
-    # self_imitation is accepted and not used yet.
+    sil = data.get("self_imitation", [False])
+    sil = sil if isinstance(sil, list) else [sil]
+    if not sil or any(not isinstance(v, bool) for v in sil) or len(set(sil)) != len(sil):
+        raise UserError(
+            f"{where}: self_imitation must be true, false or a list of them, e.g. "
+            f"self_imitation: [false, true]; got {data.get('self_imitation')!r}."
+        )
     return Spec(
         name=name,
         steps=steps,
@@ -194,6 +205,7 @@ def load_spec(path: Path) -> Spec:
         tasks=tuple(tasks),
         rewards=rewards,
         overrides={str(k): v for k, v in overrides.items()},
+        self_imitation=tuple(sil),
     )
 
 
@@ -211,7 +223,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def run_data(spec: Spec, task: str, rewards: tuple[str, ...], out: Path) -> dict[str, Any]:
+def run_data(
+    spec: Spec, task: str, rewards: tuple[str, ...], out: Path, sil: bool = False
+) -> dict[str, Any]:
     """The plain config data of one configuration: the spec's overrides, then its own settings.
     `sources.<name>.*` overrides reach only the configurations that use source <name>."""
     data: dict[str, Any] = {}
@@ -223,6 +237,8 @@ def run_data(spec: Spec, task: str, rewards: tuple[str, ...], out: Path) -> dict
     data.update(
         env=task, steps=spec.steps, seeds=list(spec.seeds), rewards=list(rewards), out=str(out)
     )
+    if sil:
+        data.setdefault("sil", {})["enabled"] = True
     return data
 
 
@@ -245,10 +261,15 @@ class Configuration:
     config: Config
     out: Path
     state: str
+    sil: bool = False
+
+    @property
+    def reward_name(self) -> str:
+        return reward_label(self.rewards, self.sil)
 
     @property
     def label(self) -> str:
-        return f"{self.task} [{reward_label(self.rewards)}]"
+        return f"{self.task} [{self.reward_name}]"
 
     @property
     def run_dirs(self) -> list[Path]:
@@ -301,16 +322,17 @@ def plan(spec: Spec, spec_path: Path, out: Path) -> list[Configuration]:
     configurations = []
     for task in spec.tasks:
         for rewards in spec.rewards:
-            group = out / task_dirname(task) / reward_dirname(rewards)
-            try:
-                config = build(run_data(spec, task, rewards, group))
-                config = resolved_config(prepare(config))
-                state = _state(config, group)
-            except UserError as error:
-                raise UserError(
-                    f"{spec_path}: task {task}, rewards {reward_label(rewards)}: {error}"
-                ) from None
-            configurations.append(Configuration(task, rewards, config, group, state))
+            for sil in spec.self_imitation:
+                group = out / task_dirname(task) / reward_dirname(rewards, sil)
+                try:
+                    config = build(run_data(spec, task, rewards, group, sil))
+                    config = resolved_config(prepare(config))
+                    state = _state(config, group)
+                except UserError as error:
+                    raise UserError(
+                        f"{spec_path}: task {task}, rewards {reward_label(rewards, sil)}: {error}"
+                    ) from None
+                configurations.append(Configuration(task, rewards, config, group, state, sil))
     return configurations
 
 
@@ -512,7 +534,7 @@ def summarize(
     env_steps = sum(s["env_steps"] for s in summaries)
     row: dict[str, Any] = {
         "task": configuration.task,
-        "rewards": reward_label(configuration.rewards),
+        "rewards": configuration.reward_name,
         "dir": str(configuration.out.relative_to(out)),
         "status": status,
         "error": (outcome or {}).get("error", "unknown") if status in UNFINISHED else None,
@@ -653,7 +675,7 @@ def plot_curves(
         xs, points, lows, highs = curve(configuration.run_dirs)
         if not xs:
             continue
-        label = reward_label(configuration.rewards)
+        label = configuration.reward_name
         if row["status"] in UNFINISHED:
             label += f" ({row['status']})"
         (line,) = axes.plot(xs, points, label=label)
@@ -699,6 +721,7 @@ def write_results(
         "seeds": list(spec.seeds),
         "tasks": list(spec.tasks),
         "rewards": [reward_label(r) for r in spec.rewards],
+        "self_imitation": list(spec.self_imitation),
         "overrides": spec.overrides,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "notes": NOTES,

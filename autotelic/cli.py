@@ -1,7 +1,7 @@
 """The `autotelic` command line.
 
     autotelic train [--env ID] [--reward SOURCES] [--steps N] [--seed S | --seeds LIST]
-                    [--num-envs E] [--out DIR] [--config FILE] [key=value ...]
+                    [--num-envs E] [--self-imitation] [--out DIR] [--config FILE] [key=value ...]
     autotelic train --resume RUN_DIR
     autotelic bench SPEC.yaml [--out DIR] [--address RAY_ADDRESS] [--cpus-per-run N] [--quiet]
     autotelic envs
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--num-envs", type=int, help="parallel envs per seed")
     train.add_argument("--out", help="run directory (several seeds: one subdirectory each)")
     train.add_argument("--config", help="YAML config file; flags and key=value override it")
+    train.add_argument(
+        "--self-imitation",
+        action="store_true",
+        help="add self-imitation learning (replay of the best episodes; options sil.*=...)",
+    )
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--quiet", action="store_true", help="no live progress")
     train.add_argument(
@@ -103,6 +108,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         data["seeds"] = _seeds(args.seeds)
     if args.num_envs is not None:
         data.setdefault("ppo", {})["num_envs"] = args.num_envs
+    if args.self_imitation:
+        data.setdefault("sil", {})["enabled"] = True
     for assignment in args.overrides:
         config_module.apply_override(data, assignment)
     if args.out is not None:
@@ -114,6 +121,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         name = config.env.split(":")[-1]
         stamp = time.strftime("%Y%m%d-%H%M%S")
         tag = "-".join(config.rewards) or "extrinsic"
+        tag += "-sil" if config.sil.enabled else ""
         config = replace(config, out=str(Path("runs") / f"{name}-{tag}-{stamp}"))
     return config
 
@@ -133,6 +141,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 ("--num-envs", args.num_envs),
                 ("--out", args.out),
                 ("--config", args.config),
+                ("--self-imitation", args.self_imitation or None),
             )
             if value is not None
         ]

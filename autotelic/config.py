@@ -69,6 +69,27 @@ class ExtrinsicConfig:
 
 
 @dataclass(frozen=True)
+class SILConfig:
+    """Self-imitation learning (`--self-imitation`; see `autotelic.sil` for the paper and each
+    deviation). Defaults: the paper's released code, except the buffer, which keeps the best
+    episodes."""
+
+    enabled: bool = False
+    capacity: int = 16384  # transitions kept, those of the highest-return episodes
+    window: int = 256  # steps per env kept until their episode ends
+    min_return: float = 0.0  # store only episodes whose extrinsic return exceeds this
+    updates: int = 4  # SIL gradient steps per PPO update
+    batch_size: int = 512
+    value_coef: float = 0.01  # beta_sil
+    ent_coef: float = 0.01
+    clip_advantage: float = 1.0
+    clip_nlogp: float = 5.0
+    min_batch: float = 64.0  # losses are divided by max(#samples with R > V, min_batch)
+    alpha: float = 0.6  # priority exponent
+    beta: float = 1.0  # importance-weight exponent
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "navix:Navix-DoorKey-5x5-v0"
     env_options: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +102,7 @@ class Config:
     extrinsic: ExtrinsicConfig = field(default_factory=ExtrinsicConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    sil: SILConfig = field(default_factory=SILConfig)
     checkpoint_every: int = 10  # updates between checkpoints
     out: str = ""
 
@@ -154,6 +176,19 @@ def validate(config: Config) -> Config:
             f"the batch ppo.num_envs * ppo.num_steps = {config.batch_size} must be divisible by "
             f"ppo.num_minibatches ({ppo.num_minibatches}); change one of them.",
         )
+    sil = config.sil
+    if sil.enabled:
+        _check(
+            config.network.kind != "gru",
+            "self-imitation replays single transitions and needs a feed-forward policy: "
+            "use network.kind=cnn or mlp, or drop --self-imitation.",
+        )
+        for name in ("capacity", "window", "updates", "batch_size"):
+            _check(getattr(sil, name) >= 1, f"sil.{name} must be >= 1, got {getattr(sil, name)}.")
+        for name in ("value_coef", "ent_coef", "alpha", "beta"):
+            _check(getattr(sil, name) >= 0, f"sil.{name} must be >= 0, got {getattr(sil, name)}.")
+        for name in ("clip_advantage", "clip_nlogp", "min_batch"):
+            _check(getattr(sil, name) > 0, f"sil.{name} must be > 0, got {getattr(sil, name)}.")
     _check(len(set(config.rewards)) == len(config.rewards), f"rewards repeat: {config.rewards}.")
     for name in config.sources:
         _check(

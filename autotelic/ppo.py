@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import sil as self_imitation
 from .config import Config
 from .envs.base import JaxEnv
 from .networks import Network, make_network
@@ -61,6 +62,7 @@ class TrainState(NamedTuple):
     reward_norms: tuple[NormState, ...]  # one per intrinsic head
     key: Array
     update: Array  # int32 number of completed updates
+    sil: Any = None  # self_imitation.SILState when config.sil.enabled
 
 
 class Rollout(NamedTuple):
@@ -203,6 +205,8 @@ def make_trainer(
     optimizer = optax.chain(
         optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(learning_rate, eps=1e-5)
     )
+    sil_config = config.sil
+    sil_optimizer = self_imitation.make_optimizer(sil_config, ppo.learning_rate, ppo.max_grad_norm)
 
     def init(key: Array) -> TrainState:
         key, k_net, k_env, k_src = jax.random.split(key, 4)
@@ -230,6 +234,11 @@ def make_trainer(
             reward_norms=norms,
             key=key,
             update=jnp.zeros((), jnp.int32),
+            sil=(
+                self_imitation.init(sil_config, obs, num_envs, sil_optimizer.init(params))
+                if sil_config.enabled
+                else None
+            ),
         )
 
     def rollout_step(state: TrainState, _: None) -> tuple[TrainState, Rollout]:
@@ -429,6 +438,31 @@ def make_trainer(
         )
         loss, (policy_loss, value_losses, entropy, approx_kl, clip_fraction), grad_norm = stats
 
+        sil_state, sil_metrics = state.sil, {}
+        if sil_config.enabled:
+            key, k_sil = jax.random.split(key)
+            sil_state = self_imitation.add_rollout(
+                sil_config,
+                state.sil,
+                rollout.obs,
+                rollout.action,
+                rollout.rewards[..., 0],
+                dones,
+                rollout.completed_return,
+                state.update + 1,
+                config.extrinsic.gamma,
+            )
+
+            def apply_single(p: Any, obs: Array) -> tuple[Array, Array]:
+                dummy = network.initial_carry(obs.shape[0])
+                start = jnp.zeros((obs.shape[0],), bool)
+                _, logits, values = network.apply(p, dummy, obs, start)
+                return logits, values[:, 0]
+
+            sil_state, params, sil_metrics = self_imitation.train(
+                sil_config, sil_state, params, k_sil, apply_single, sil_optimizer
+            )
+
         transitions = Transition(
             obs=rollout.obs,
             action=rollout.action,
@@ -476,6 +510,7 @@ def make_trainer(
             metrics[f"{name}/return_mean"] = returns[..., k].mean()
             metrics[f"{name}/value_loss"] = value_losses[..., k].mean()
         metrics.update(source_metrics)
+        metrics.update(sil_metrics)
 
         state = state._replace(
             params=params,
@@ -484,6 +519,7 @@ def make_trainer(
             reward_norms=tuple(norms),
             key=key,
             update=state.update + 1,
+            sil=sil_state,
         )
         return state, metrics
 

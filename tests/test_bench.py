@@ -141,6 +141,8 @@ def test_bench_reports_every_configuration_and_skips_finished_ones_on_rerun(cli,
         ({"seed": [0]}, ["unknown spec key", "seeds"]),
         ({"rewards": [["rnd", "count"]]}, ["rewards entry", "comma-separated"]),
         ({"seeds": [0, 0]}, ["seeds repeat"]),
+        ({"self_imitation": "yes"}, ["self_imitation must be true, false or a list"]),
+        ({"overrides": {"sil.enabled": True}}, ["overrides may not set", "self_imitation"]),
     ],
 )
 def test_bad_specs_exit_2_before_writing(capsys, tmp_path, changes, needles):
@@ -154,3 +156,19 @@ def test_bad_specs_exit_2_before_writing(capsys, tmp_path, changes, needles):
     for needle in needles:
         assert needle in captured.err, captured.err
     assert not out.exists()
+
+
+def test_self_imitation_doubles_the_grid_into_separate_directories(tmp_path):
+    spec_path = write_spec(
+        tmp_path, self_imitation=[False, True], overrides={**OVERRIDES, "sil.capacity": 512}
+    )
+    out = (tmp_path / "bench").resolve()
+    configurations = plan(load_spec(spec_path), spec_path, out)
+    by_name = {c.reward_name: c for c in configurations}
+    assert sorted(by_name) == ["count", "count +sil", "none", "none +sil"]
+    for name, configuration in by_name.items():
+        assert configuration.config.sil.enabled == name.endswith("+sil")
+        assert configuration.config.sil.capacity == 512  # sil.* overrides reach every run
+        suffix = "-sil" if name.endswith("+sil") else ""
+        assert configuration.out == out / TASK_DIR / (name.split()[0] + suffix)
+    assert not out.exists()  # planning writes nothing
