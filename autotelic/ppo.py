@@ -26,7 +26,7 @@ import optax
 
 from . import sil as self_imitation
 from .config import Config
-from .envs.base import JaxEnv
+from .envs.base import JaxEnv, StepResult
 from .networks import Network, make_network
 from .rewards.base import HeadConfig, RewardSource, Transition
 
@@ -81,6 +81,16 @@ class Rollout(NamedTuple):
     success: Array
     completed_return: Array  # return of the episode that ended at this step (0 otherwise)
     completed_length: Array
+
+
+class Acted(NamedTuple):
+    """The policy's output at one rollout step, `[N, ...]` leaves."""
+
+    action: Array
+    log_prob: Array
+    values: Array  # [N, K]
+    carry: Array  # recurrent state after reading the observation
+    env_key: Array  # the key the envs step with (JAX envs) at this step
 
 
 class PPOBatch(NamedTuple):
@@ -172,10 +182,20 @@ def update_norm(
 
 @dataclass(frozen=True)
 class Trainer:
+    """`init(key) -> state` and `update(state) -> (state, metrics)` for one seed.
+
+    `update` is `learn` after `num_steps` of `act`, `env.step`, `observe` in a `lax.scan`. The
+    pieces are exposed for drivers whose envs cannot step inside JAX: they call `act`, step the
+    envs themselves, call `observe` with a `StepResult`, stack the records and call `learn`.
+    """
+
     init: Callable[[Array], TrainState]
     update: Callable[[TrainState], tuple[TrainState, dict[str, Array]]]
     network: Network
     head_names: tuple[str, ...]
+    act: Callable[[TrainState], tuple[TrainState, Acted]]
+    observe: Callable[[TrainState, Acted, Any, StepResult], tuple[TrainState, Rollout]]
+    learn: Callable[[TrainState, Rollout, Array], tuple[TrainState, dict[str, Array]]]
 
 
 def make_trainer(
@@ -241,16 +261,22 @@ def make_trainer(
             ),
         )
 
-    def rollout_step(state: TrainState, _: None) -> tuple[TrainState, Rollout]:
+    def act(state: TrainState) -> tuple[TrainState, Acted]:
+        """The policy's half of one rollout step: sample an action for every env."""
         key, k_action, k_env = jax.random.split(state.key, 3)
         carry, logits, values = network.apply(
             state.params, state.carry, state.obs, state.episode_start
         )
         action = jax.random.categorical(k_action, logits).astype(jnp.int32)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
-        env_state, step = jax.vmap(env.step)(
-            jax.random.split(k_env, num_envs), state.env_state, action
-        )
+        return state._replace(key=key), Acted(action, log_prob, values, carry, k_env)
+
+    def observe(
+        state: TrainState, acted: Acted, env_state: Any, step: StepResult
+    ) -> tuple[TrainState, Rollout]:
+        """The other half, once the envs have stepped: intrinsic rewards, episode statistics,
+        the rollout record and the state for the next step."""
+        action, log_prob, values, carry = acted.action, acted.log_prob, acted.values, acted.carry
         # V(real last observation) is needed only to bootstrap truncated episodes.
         done = step.terminated | step.truncated
 
@@ -299,9 +325,15 @@ def make_trainer(
             episode_return=jnp.where(done, 0.0, episode_return),
             episode_length=jnp.where(done, 0, episode_length),
             source_states=tuple(source_states),
-            key=key,
         )
         return state, record
+
+    def rollout_step(state: TrainState, _: None) -> tuple[TrainState, Rollout]:
+        state, acted = act(state)
+        env_state, step = jax.vmap(env.step)(
+            jax.random.split(acted.env_key, num_envs), state.env_state, acted.action
+        )
+        return observe(state, acted, env_state, step)
 
     def sequence_apply(
         params: Any, carry: Array, obs: Array, episode_start: Array
@@ -378,6 +410,14 @@ def make_trainer(
     def update(state: TrainState) -> tuple[TrainState, dict[str, Array]]:
         initial_carry = state.carry
         state, rollout = jax.lax.scan(rollout_step, state, None, num_steps)
+        return learn(state, rollout, initial_carry)
+
+    def learn(
+        state: TrainState, rollout: Rollout, initial_carry: Array
+    ) -> tuple[TrainState, dict[str, Array]]:
+        """Everything after the rollout: reward normalization, GAE, PPO epochs, self-imitation,
+        reward-source updates. `state` is the state after the rollout's last step and
+        `initial_carry` the recurrent state at its first step."""
         _, _, last_values = network.apply(state.params, state.carry, state.obs, state.episode_start)
 
         # Intrinsic reward normalization, one stream per head.
@@ -523,7 +563,15 @@ def make_trainer(
         )
         return state, metrics
 
-    return Trainer(init=init, update=update, network=network, head_names=head_names)
+    return Trainer(
+        init=init,
+        update=update,
+        network=network,
+        head_names=head_names,
+        act=act,
+        observe=observe,
+        learn=learn,
+    )
 
 
 def seed_keys(seeds: tuple[int, ...]) -> Array:

@@ -3,6 +3,7 @@ side in one process.
 
     python benchmarks/throughput.py                       # CNN, 4 epochs, 1024 envs, DoorKey-8x8
     python benchmarks/throughput.py --network mlp --num-envs 256 --reward rnd
+    python benchmarks/throughput.py --network mlp --reward rnd sources.rnd.hidden=64
 
 Each measurement runs `--repeats` timed calls after two warm-up calls (which compile), and
 reports the median. Not part of the test suite.
@@ -46,21 +47,28 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--reward", default="")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. sources.rnd.hidden=64",
+    )
     args = parser.parse_args()
 
     rewards = [r for r in args.reward.split(",") if r]
-    config = config_module.build(
-        {
-            "env": args.env,
-            "rewards": rewards,
-            "ppo": {
-                "num_envs": args.num_envs,
-                "num_steps": args.num_steps,
-                "update_epochs": args.epochs,
-            },
-            "network": {"kind": args.network},
-        }
-    )
+    data = {
+        "env": args.env,
+        "rewards": rewards,
+        "ppo": {
+            "num_envs": args.num_envs,
+            "num_steps": args.num_steps,
+            "update_epochs": args.epochs,
+        },
+        "network": {"kind": args.network},
+    }
+    for assignment in args.overrides:
+        config_module.apply_override(data, assignment)
+    config = config_module.build(data)
     env = envs.make(config.env)
     batch = config.batch_size
 
