@@ -81,6 +81,7 @@ class Rollout(NamedTuple):
     success: Array
     completed_return: Array  # return of the episode that ended at this step (0 otherwise)
     completed_length: Array
+    caption: Array | None = None  # caption ids, for envs that give captions
 
 
 class Acted(NamedTuple):
@@ -293,6 +294,7 @@ def make_trainer(
             terminated=step.terminated,
             truncated=step.truncated,
             extrinsic=step.reward,
+            caption=step.caption,
         )
         intrinsic, source_states = [], []
         for source, source_state in zip(sources, state.source_states, strict=True):
@@ -316,6 +318,7 @@ def make_trainer(
             success=step.success & done,
             completed_return=jnp.where(done, episode_return, 0.0),
             completed_length=jnp.where(done, episode_length, 0),
+            caption=step.caption,
         )
         state = state._replace(
             env_state=env_state,
@@ -510,6 +513,7 @@ def make_trainer(
             terminated=rollout.terminated,
             truncated=rollout.truncated,
             extrinsic=rollout.rewards[..., 0],
+            caption=rollout.caption,
         )
         source_states, source_metrics = [], {}
         src_keys = jax.random.split(k_sources, max(1, len(sources)))

@@ -51,6 +51,8 @@ class StepResult(NamedTuple):
     truncated:  bool[] the episode was cut by the time limit (bootstrap from `final_obs`)
     final_obs:  the real next observation s_{t+1}, before any reset
     success:    bool[] the episode ended by reaching its goal
+    caption:    int32[] id of the text caption of the transition (0: none), or None for envs
+                that give no captions; ids index the run's caption vocabulary
     """
 
     obs: Array
@@ -59,6 +61,7 @@ class StepResult(NamedTuple):
     truncated: Array
     final_obs: Array
     success: Array
+    caption: Array | None = None
 
 
 class JaxEnv(Protocol):

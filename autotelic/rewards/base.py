@@ -44,6 +44,7 @@ class Transition(NamedTuple):
     terminated: bool, s_{t+1} is absorbing
     truncated:  bool, the time limit cut the episode after this transition
     extrinsic:  f32, the environment's reward for the transition
+    caption:    int32 caption id of the transition (0: none), or None when the env gives none
     """
 
     obs: Array
@@ -52,6 +53,7 @@ class Transition(NamedTuple):
     terminated: Array
     truncated: Array
     extrinsic: Array
+    caption: Array | None = None
 
     @property
     def done(self) -> Array:
