@@ -6,6 +6,8 @@
     autotelic bench SPEC.yaml [--out DIR] [--address RAY_ADDRESS] [--cpus-per-run N] [--quiet]
     autotelic envs
     autotelic rewards
+    autotelic lm-pretrain [--task add|chain] [--steps N] [--out DIR] ...
+    autotelic lm-train --model DIR --reward verifier|majority|... [--out DIR] ...
 
 Bad input prints one message and exits with status 2; nothing is written before the input has
 been checked.
@@ -77,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("envs", help="list the environments")
     commands.add_parser("rewards", help="list the reward sources")
+    # Commands of the subsystems register themselves (each module imports its heavy
+    # dependencies only when its command runs).
+    from .lm.commands import add_commands as add_lm_commands
+
+    add_lm_commands(commands)
     return parser
 
 
@@ -231,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         "envs": _cmd_envs,
         "rewards": _cmd_rewards,
     }
+    handler = handlers.get(args.command) or args.func
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except UserError as error:
         print(f"autotelic: error: {error}", file=sys.stderr)
         return EXIT_USAGE

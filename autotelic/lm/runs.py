@@ -1,0 +1,90 @@
+"""Run directories for the language-model commands, laid out like the agent side's:
+
+    OUT/
+      config.yaml     the resolved config
+      metrics.csv     one row per step (`update`; `env_steps` counts completions sampled)
+      timing.csv      wall-clock per step
+      tb/             TensorBoard event files
+      summary.json    written when the run completes
+      model.json, model.pt (tiny model) or a Hugging Face save (lm-train: the trained policy)
+
+Writes go through autotelic.runs (atomic files, MetricsWriter); only the checks differ, because
+these runs have one seed and no resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..config import to_dict
+from ..errors import UserError
+from ..runs import MetricsWriter, atomic_write_text
+
+__all__ = ["MetricsWriter", "check_out_dir", "create_run_dir", "progress", "write_summary"]
+
+
+def check_out_dir(out: Path, command: str) -> None:
+    """Refuse an --out that is a file, is not empty, or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {str(out)!r} exists and is not a directory.")
+    if out.exists() and any(out.iterdir()):
+        held = "an autotelic run" if (out / "config.yaml").exists() else "other files"
+        raise UserError(
+            f"output directory {str(out)!r} already holds {held}; `autotelic {command}` writes "
+            "into a new or empty directory. Choose another --out."
+        )
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {str(probe)!r}: permission denied. Choose another --out.")
+
+
+def create_run_dir(out: Path, config: Any) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create run directory {str(out)!r}: {error}") from None
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    summary = {
+        **summary,
+        "version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def progress(quiet: bool) -> Any:
+    """A rich progress bar on stderr, with a free-text status field (silent when quiet)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True, quiet=quiet),
+        transient=False,
+    )
