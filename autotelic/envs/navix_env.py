@@ -2,11 +2,19 @@
 
 Two semantics, chosen by the `semantics` option:
 
-* ``minigrid`` (default): MiniGrid's reward and horizon, so numbers compare with published MiniGrid
-  results. Reaching the goal pays ``1 - 0.9 * t / T`` (``t`` counted after the step, as in
-  MiniGrid's ``_reward``); ``T`` is MiniGrid's ``max_steps`` for the task family (DoorKey
-  ``10 * size**2``, KeyCorridor ``30 * room_size**2``, FourRooms 100, the others ``4 * size**2``).
-* ``navix``: exactly what ``navix.make(id)`` gives: reward 1 on the goal, navix's horizon.
+* ``minigrid`` (default): MiniGrid's reward, horizon and action meanings, so numbers compare with
+  published MiniGrid results. Reaching the goal pays ``1 - 0.9 * t / T`` (``t`` counted after the
+  step, as in MiniGrid's ``_reward``); ``T`` is MiniGrid's ``max_steps`` for the task family
+  (DoorKey ``10 * size**2``, KeyCorridor ``30 * room_size**2``, FourRooms 100, DistShift
+  ``4 * width * height``, the others ``4 * size**2``). Three navix 0.7.4 dynamics that differ from
+  MiniGrid's ``MiniGridEnv.step`` are replaced: stepping into lava ends the episode in every task
+  (navix's DistShift lets the agent walk on lava); ``drop`` puts the carried key on the cell ahead
+  only if that cell is empty and empties the agent's hands (navix keeps the key in the pocket, so
+  a "dropped" key still opens doors, and drops it onto open doors or the goal); ``toggle`` closes
+  an open door (navix doors never close). tests/test_minigrid_parity.py checks this against stock
+  MiniGrid, step by step, on aligned layouts.
+* ``navix``: exactly what ``navix.make(id)`` gives: reward 1 on the goal, navix's horizon (100)
+  and navix's own action dynamics.
 
 Either way the adapter never exposes navix's deferred auto-reset (navix resets on the call *after*
 a terminal step, and that call swallows the action): it steps the real dynamics and resets in the
@@ -31,6 +39,8 @@ import jax.numpy as jnp
 from ..errors import UserError
 from .base import EnvSpec, StepResult, strong_types, tree_select
 
+Array = jax.Array
+
 # Value ranges of the three symbolic channels: object tag (0..10), colour (0..5, 6 = unset),
 # state (direction 0..3 for the agent, open/closed/locked 0..2 for doors).
 SYMBOLIC_CATEGORIES = (11, 7, 4)
@@ -54,6 +64,82 @@ def minigrid_max_steps(env_id: str, height: int, width: int) -> int:
     if "FourRooms" in env_id:
         return 100
     return 4 * height * width
+
+
+def _cell_ahead(state: Any) -> Array:
+    from navix.grid import translate
+
+    player = state.get_player(idx=0)
+    return translate(player.position, player.direction)
+
+
+def minigrid_drop(state: Any) -> Any:
+    """MiniGrid's ``drop``: the carried object goes to the cell ahead if that cell holds nothing
+    (no wall, no door, goal, lava or other object), and the agent's hands are then empty."""
+    from navix.components import DISCARD_PILE_COORDS, EMPTY_POCKET_ID
+    from navix.entities import Entities
+    from navix.grid import positions_equal
+
+    if Entities.KEY not in state.entities:  # keys are the only objects navix lets one carry
+        return state
+    player = state.get_player(idx=0)
+    ahead = _cell_ahead(state)
+    empty = state.grid[tuple(ahead)] == 0
+    for entity in state.entities.values():
+        empty &= ~jnp.any(positions_equal(entity.position, ahead))
+    keys = state.get_keys()
+    carried = (keys.id == player.pocket) & positions_equal(keys.position, DISCARD_PILE_COORDS)
+    drop = empty & (player.pocket != EMPTY_POCKET_ID) & carried  # [num_keys]
+    keys = keys.replace(position=jnp.where(drop[:, None], ahead, keys.position))
+    pocket = jnp.where(jnp.any(drop), EMPTY_POCKET_ID, player.pocket).astype(player.pocket.dtype)
+    state = state.set_keys(keys)
+    return state.set_player(player.replace(pocket=pocket))
+
+
+def minigrid_toggle(state: Any) -> Any:
+    """MiniGrid's ``toggle`` on doors: a locked door opens (and unlocks) if the agent carries its
+    key, which it keeps; an unlocked door switches between open and closed."""
+    from navix.entities import Entities
+    from navix.grid import positions_equal
+
+    if Entities.DOOR not in state.entities:
+        return state
+    player = state.get_player(idx=0)
+    ahead = _cell_ahead(state)
+    doors = state.get_doors()
+    here = positions_equal(ahead, doors.position)  # [num_doors]
+    is_open = doors.open.astype(bool)
+    locked = doors.locked
+    unlock = here & ~is_open & locked & (player.pocket == doors.requires)
+    flip = here & ~locked
+    now_open = jnp.where(unlock, True, jnp.where(flip, ~is_open, is_open))
+    doors = doors.replace(
+        open=now_open.astype(doors.open.dtype),
+        requires=jnp.where(unlock, jnp.asarray(-1, doors.requires.dtype), doors.requires),
+    )
+    opened = jnp.any(now_open & ~is_open)
+    events = jax.lax.cond(
+        opened,
+        lambda: state.events.record_door_opening(doors, ahead),
+        lambda: state.events,
+    )
+    state = state.set_doors(doors)
+    return state.set_events(events)
+
+
+def minigrid_action_set() -> tuple[Any, ...]:
+    """MiniGrid's seven actions in MiniGrid's order, with MiniGrid's ``drop`` and ``toggle``."""
+    from navix import actions
+
+    return (
+        actions.rotate_ccw,  # 0 left
+        actions.rotate_cw,  # 1 right
+        actions.forward,  # 2 forward
+        actions.pickup,  # 3 pickup
+        minigrid_drop,  # 4 drop
+        minigrid_toggle,  # 5 toggle
+        actions.done,  # 6 done
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +188,17 @@ class NavixEnv:
             horizon = minigrid_max_steps(self.navix_id, probe.height, probe.width)
         else:
             horizon = probe.max_steps
-        return navix.make(self.navix_id, max_steps=horizon, observation_fn=observation_fn)
+        dynamics: dict[str, Any] = {}
+        if self.semantics == "minigrid":
+            dynamics = {
+                "action_set": minigrid_action_set(),
+                "termination_fn": navix.terminations.compose(
+                    probe.termination_fn, navix.terminations.on_lava_fall
+                ),
+            }
+        return navix.make(
+            self.navix_id, max_steps=horizon, observation_fn=observation_fn, **dynamics
+        )
 
     @cached_property
     def spec(self) -> EnvSpec:
