@@ -695,6 +695,20 @@ def plot_curves(
     return True
 
 
+def write_report_safely(out: Path) -> Path | None:
+    """The HTML report of a finished bench or run; a failure to draw it is a warning, never a
+    failure of the training that has already finished."""
+    try:
+        from .explain.report import write_report
+
+        return write_report(out)
+    except Exception as error:  # the report is a by-product; training results are on disk
+        print(
+            f"autotelic: warning: no report.html ({type(error).__name__}: {error})", file=sys.stderr
+        )
+        return None
+
+
 def write_results(
     spec: Spec,
     spec_path: Path,
@@ -773,6 +787,9 @@ def bench(
     out.mkdir(parents=True, exist_ok=True)
     rows = write_results(spec, spec_path, out, configurations, outcomes)
     print(table(rows))
+    report = write_report_safely(out)
+    if report is not None:
+        print(f"report: {report}")
     failed = [r for r in rows if r["status"] in UNFINISHED]
     for row in failed:
         print(f"{row['status']}: {row['task']} [{row['rewards']}]: {row['error']}", file=sys.stderr)

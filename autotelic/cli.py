@@ -6,6 +6,8 @@
     autotelic bench SPEC.yaml [--out DIR] [--address RAY_ADDRESS] [--cpus-per-run N] [--quiet]
     autotelic envs
     autotelic rewards
+    autotelic explain RUN_DIR [--episodes N] [--seed S] [--shapley-samples M] ...
+    autotelic report RUN_DIR
     autotelic labels count|list|export [--store PATH] ...
     autotelic lm-pretrain [--task add|chain] [--steps N] [--out DIR] ...
     autotelic lm-train --model DIR --reward verifier|majority|... [--out DIR] ...
@@ -82,9 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("rewards", help="list the reward sources")
     # Commands of the subsystems register themselves (each module imports its heavy
     # dependencies only when its command runs).
+    from .explain.commands import add_commands as add_explain_commands
     from .feedback.commands import add_commands as add_feedback_commands
     from .lm.commands import add_commands as add_lm_commands
 
+    add_explain_commands(commands)
     add_feedback_commands(commands)
     add_lm_commands(commands)
     return parser
