@@ -49,7 +49,8 @@ class PPOConfig:
 class NetworkConfig:
     """Policy/value network.
 
-    kind:     cnn (MiniGrid-style conv), mlp, or gru (the cnn/mlp encoder feeding a GRU core)
+    kind:     cnn (MiniGrid-style conv), mlp, gru (the cnn/mlp encoder feeding a GRU core), or
+              nethack (glyph embedding + conv and blstats MLP, for gym:NetHack*/MiniHack* envs)
     encoding: how integer grid codes enter the net: "raw" (the codes as numbers, as MiniGrid's
               reference CNN reads them; cheapest) or "one_hot" (one channel per code value)
     """
@@ -90,6 +91,30 @@ class SILConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Online labels from language-model feedback, for the `retrieval`, `classifier` and `ranking`
+    sources (mirrors `autotelic.feedback.online.FeedbackSettings`, which documents each field)."""
+
+    annotator: str = "embedded"  # embedded (no server; weaker than an LLM) | chat
+    url: str = ""  # chat: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    model: str = ""
+    api_key_env: str = ""  # name of the environment variable holding the key, never the key
+    task: str = ""
+    goals: tuple[str, ...] = ()
+    threshold: float = 0.5
+    store: str = ""  # default: $AUTOTELIC_LABEL_STORE or ~/.local/share/autotelic/labels.sqlite
+    prompt_version: str = "classify-v1"
+    mode: str = "thread"
+    steps_per_batch: int = 32
+    steps_per_update: int = 0
+    minibatch: int = 256
+    classifier_threshold: float = 0.5
+    pairs_per_label: int = 10
+    ranking_quantile: float = 0.5
+    top_captions: int = 100
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "navix:Navix-DoorKey-5x5-v0"
     env_options: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +128,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sil: SILConfig = field(default_factory=SILConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     checkpoint_every: int = 10  # updates between checkpoints
     out: str = ""
 
@@ -115,7 +141,7 @@ class Config:
         return max(1, math.ceil(self.steps / self.batch_size))
 
 
-NETWORK_KINDS = ("cnn", "mlp", "gru")
+NETWORK_KINDS = ("cnn", "mlp", "gru", "nethack")
 ENCODINGS = ("raw", "one_hot")
 
 

@@ -163,7 +163,7 @@ class Run(NamedTuple):
 
 @functools.cache
 def run() -> Run:
-    names = tuple(registered_sources())
+    names = tuple(registered_sources(captions=False))
     config = build(
         {
             "env": ENV,
@@ -302,7 +302,7 @@ def test_rollout_hands_sources_the_real_transitions(seen_by: str) -> None:
     np.testing.assert_array_equal(log.obs[starts], tr.following[:-1][done[:-1]])
 
 
-@pytest.fixture(params=registered_sources())
+@pytest.fixture(params=registered_sources(captions=False))
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 

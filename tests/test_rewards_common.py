@@ -61,7 +61,7 @@ def two_updates(name: str) -> tuple[Any, list[dict[str, np.ndarray]]]:
     return state, history
 
 
-@pytest.fixture(params=source_names())
+@pytest.fixture(params=source_names(captions=False))  # caption sources: test_feedback_source
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 

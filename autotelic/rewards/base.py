@@ -93,6 +93,7 @@ class SourceEntry:
     build: Callable[[Any, EnvSpec], RewardSource]
     check: Callable[[Any, EnvSpec], None] | None = None  # raises UserError if unusable here
     summary: str = ""
+    needs_captions: bool = False  # reads Transition.caption: only envs that give captions
 
 
 REGISTRY: dict[str, SourceEntry] = {}
@@ -108,9 +109,10 @@ def _load_builtin_sources() -> None:
     from .. import rewards  # noqa: F401
 
 
-def source_names() -> list[str]:
+def source_names(captions: bool = True) -> list[str]:
+    """Registered source names; `captions=False` leaves out those that need caption ids."""
     _load_builtin_sources()
-    return sorted(REGISTRY)
+    return sorted(n for n, e in REGISTRY.items() if captions or not e.needs_captions)
 
 
 def resolve_params(name: str, overrides: dict[str, Any]) -> Any:
