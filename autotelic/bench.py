@@ -353,7 +353,7 @@ def train_configuration(config_data: dict[str, Any], out: str, resume: bool) -> 
             config, path = load_run_config(Path(out))
         else:
             config, path = build(config_data), Path(out)
-        train(config, path, resume=resume, quiet=True)
+        train(config, path, resume=resume, quiet=True, report=False)
     except TrainingStoppedError as stop:
         return {"ok": False, "error": str(stop), "traceback": None}
     except SystemExit as stop:

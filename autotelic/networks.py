@@ -9,6 +9,10 @@ Every network has the same step signature, recurrent or not, so the training loo
 
 `episode_start[i]` is true when `obs[i]` is the first observation of an episode; a recurrent core
 zeroes its hidden state there before reading the observation.
+
+NetHack observations (obs_kind "nethack", from `autotelic.envs.host`) always enter through
+`NetHackEncoder`, whatever the kind; `kind=nethack` names that encoder explicitly (feed-forward),
+and `kind=gru` puts the GRU core after it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 
 from .config import NetworkConfig
 from .envs.base import EnvSpec
+from .envs.host import nethack_layout
+from .errors import UserError
 
 Array = jax.Array
 
@@ -54,6 +60,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, obs: Array) -> Array:
         spec = self.spec
+        if spec.obs_kind == "nethack":
+            return NetHackEncoder(spec, self.hidden)(obs)
         if spec.obs_kind == "grid" and self.encoding == "one_hot":
             x = grid_one_hot(obs, spec.obs_categories)
         else:
@@ -70,6 +78,49 @@ class Encoder(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.tanh(dense(self.hidden, np.sqrt(2))(x))
         return nn.tanh(dense(self.hidden, np.sqrt(2))(x))
+
+
+class NetHackEncoder(nn.Module):
+    """NetHack observation -> feature vector, small enough to train on 2 CPU cores.
+
+    Reads the int32 vector `[crop*crop + blstats (+ message_bytes)]` laid out by
+    `autotelic.envs.host.encode_nethack`:
+
+    * glyph window: a learned 16-d embedding per glyph id (NLE's glyph ids are categories, not
+      magnitudes), two 2x2 convolutions (32 channels), flattened, dense `hidden`;
+    * bottom-line stats: `sign(x) log(1 + |x|)` (they range from 0/1 flags to score and turn
+      counters in the thousands), dense `hidden`;
+    * message bytes, when present: a 16-d byte embedding averaged over the non-NUL bytes, dense
+      `hidden`;
+    * the parts concatenated, dense `hidden`, ReLU throughout.
+    """
+
+    spec: EnvSpec
+    hidden: int
+    glyph_features: int = 16
+
+    @nn.compact
+    def __call__(self, obs: Array) -> Array:
+        layout = nethack_layout(self.spec)
+        crop, num_blstats = layout["crop"], layout["blstats"]
+        num_message = layout.get("message_bytes", 0)
+        obs = obs.astype(jnp.int32)
+        batch = obs.shape[0]
+        glyphs = obs[:, : crop * crop].reshape(batch, crop, crop)
+        x = nn.Embed(layout["num_glyphs"], self.glyph_features)(glyphs)
+        x = nn.relu(Conv2x2(32)(x))
+        x = nn.relu(Conv2x2(32)(x))
+        parts = [nn.relu(dense(self.hidden)(x.reshape(batch, -1)))]
+        stats = obs[:, crop * crop : crop * crop + num_blstats].astype(jnp.float32)
+        stats = jnp.sign(stats) * jnp.log1p(jnp.abs(stats))
+        parts.append(nn.relu(dense(self.hidden)(stats)))
+        if num_message:
+            message = obs[:, crop * crop + num_blstats :]
+            present = (message > 0).astype(jnp.float32)[..., None]
+            embedded = nn.Embed(256, self.glyph_features)(message) * present
+            pooled = embedded.sum(1) / jnp.maximum(present.sum(1), 1.0)
+            parts.append(nn.relu(dense(self.hidden)(pooled)))
+        return nn.relu(dense(self.hidden)(jnp.concatenate(parts, axis=-1)))
 
 
 class Conv2x2(nn.Module):
@@ -143,5 +194,10 @@ class Network:
 
 
 def make_network(spec: EnvSpec, config: NetworkConfig, num_heads: int) -> Network:
+    if config.kind == "nethack" and spec.obs_kind != "nethack":
+        raise UserError(
+            f"network.kind=nethack reads NetHack observations (gym:NetHack*, gym:MiniHack-*); "
+            f"{spec.env_id} has {spec.obs_kind} observations: use network.kind=cnn, mlp or gru."
+        )
     carry_size = config.gru_hidden if config.kind == "gru" else 1
     return Network(ActorCritic(spec, config, num_heads), carry_size)

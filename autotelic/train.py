@@ -45,7 +45,29 @@ def prepare(config: Config) -> Setup:
     env = envs.make(config.env, **config.env_options)
     sources, params = build_sources(config.rewards, config.sources, env.spec)
     trainer = make_trainer(config, env, sources, params, config.rewards)
+    if uses_feedback(config):
+        from .feedback.online import make_annotator
+
+        make_annotator(_feedback_settings(config), env.spec)  # checks; contacts nothing
     return Setup(config, env, trainer, params)
+
+
+def uses_feedback(config: Config) -> bool:
+    """The run has a source trained from caption labels (retrieval, classifier, ranking)."""
+    from .rewards.base import REGISTRY, source_names
+
+    source_names()  # loads the built-in sources
+    return any(REGISTRY[name].needs_captions for name in config.rewards)
+
+
+def _feedback_settings(config: Config) -> Any:
+    from dataclasses import asdict
+
+    from .feedback.online import FeedbackSettings
+
+    settings = FeedbackSettings(**asdict(config.feedback))
+    settings.check()
+    return settings
 
 
 def resolved_config(setup: Setup) -> Config:
@@ -126,8 +148,10 @@ def train(
     out: Path,
     resume: bool = False,
     quiet: bool = False,
+    report: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train `config` into `out` (new run) or continue the run in `out` (resume=True).
+    """Train `config` into `out` (new run) or continue the run in `out` (resume=True), then write
+    `out/report.html` (unless `report=False`; a failure to draw it is only a warning).
 
     Returns one summary per seed. Raises UserError for bad input and TrainingStoppedError when the
     run stops early.
@@ -139,7 +163,16 @@ def train(
         runs.check_out_dir(out, config)
 
     trainer = setup.trainer
-    update = jax.jit(jax.vmap(trainer.update))
+    host_pools: list[Any] = []
+    if getattr(setup.env, "host", False):
+        # gym: envs step in worker processes between jitted calls (autotelic.host_driver);
+        # same contract as the jitted update below.
+        from .host_driver import make_host_update, make_pools
+
+        host_pools = make_pools(setup.env, config, run_dirs)
+        update = make_host_update(trainer, config, host_pools)
+    else:
+        update = jax.jit(jax.vmap(trainer.update))
     state = init_seeds(trainer, config.seeds)
     start_update = 0
     if resume:
@@ -156,6 +189,8 @@ def train(
 
     num_updates = config.num_updates
     if start_update >= num_updates:
+        for pool in host_pools:
+            pool.close()
         summaries = []
         for seed, run_dir in zip(config.seeds, run_dirs, strict=True):
             path = run_dir / "summary.json"
@@ -165,6 +200,51 @@ def train(
             summaries.append(json.loads(path.read_text()))
         return summaries
 
+    feedback = None
+    if uses_feedback(config):
+        # Labels arrive in the background; after each update the newest reward tables are
+        # copied into the sources' states (autotelic.feedback.online).
+        from .feedback.online import OnlineFeedback
+
+        feedback = OnlineFeedback(
+            config.rewards,
+            run_dirs,
+            _feedback_settings(config),
+            spec=setup.env.spec,
+            seed=config.seeds[0],
+        )
+        if start_update:
+            feedback.load(start_update)
+    try:
+        summaries = _loop(
+            config, out, setup, update, state, start_update, run_dirs, feedback, quiet
+        )
+    finally:
+        if feedback is not None:
+            feedback.close()
+        for pool in host_pools:
+            pool.close()
+    if report:
+        from .bench import write_report_safely
+
+        write_report_safely(out)
+    return summaries
+
+
+def _loop(
+    config: Config,
+    out: Path,
+    setup: Setup,
+    update: Any,
+    state: Any,
+    start_update: int,
+    run_dirs: list[Path],
+    feedback: Any,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """The training loop proper: updates, metrics, checkpoints, progress, interrupts."""
+    trainer = setup.trainer
+    num_updates = config.num_updates
     writers = [runs.MetricsWriter(d, start_update) for d in run_dirs]
     batch = config.batch_size
     last_saved = start_update
@@ -179,6 +259,8 @@ def train(
                 _seed_slice(host_state, i),
                 {"seed": config.seeds[i], "env_steps": at_update * batch},
             )
+        if feedback is not None:
+            feedback.save(at_update, snapshot)
 
     progress = _progress(num_updates * batch, quiet)
     label = f"{config.env} [{','.join(config.rewards) or 'extrinsic'}]"
@@ -211,6 +293,9 @@ def train(
                         exit_code=1,
                     )
                 state = good_state = new_state
+                if feedback is not None:
+                    state = good_state = feedback.after_update(state, update.vocabularies)
+                    metrics.update(feedback.metrics())
                 first = index == start_update
                 for i, writer in enumerate(writers):
                     row = {k: v[i] for k, v in metrics.items()}

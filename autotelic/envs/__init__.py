@@ -1,8 +1,12 @@
 """Environment registry: namespaced ids, the part after the colon exactly as the package names it.
 
     navix:Navix-DoorKey-8x8-v0      xminigrid:MiniGrid-DoorKey-8x8      gymnax:CartPole-v1
+    gym:MiniGrid-DoorKey-8x8-v0     gym:NetHackScore-v0                 gym:MiniHack-Room-5x5-v0
 
-`make(env_id, **options)` returns an adapter that fulfils `autotelic.envs.base.JaxEnv`.
+`make(env_id, **options)` returns an adapter that fulfils `autotelic.envs.base.JaxEnv`, except for
+`gym:` ids: those are Gymnasium envs stepped in worker processes (`autotelic.envs.host.HostEnv`;
+training drives them through `autotelic.host_driver`). A `gym:` id may name a module to import
+first, as `gymnasium.make` allows: `gym:my.module:MyEnv-v0`.
 Short aliases (`doorkey-8x8`, ...) map to full ids.
 """
 
@@ -53,6 +57,20 @@ def _gymnax_ids() -> list[str]:
     return gymnax_ids()
 
 
+def _gym(name: str, options: dict[str, Any]) -> JaxEnv:
+    from .host import HostEnv
+
+    env = HostEnv(name, **options)
+    env.spec  # noqa: B018 (builds one env here: a bad id or space fails before training starts)
+    return env
+
+
+def _gym_ids() -> list[str]:
+    from .host import gym_ids
+
+    return gym_ids()
+
+
 # namespace -> (constructor, list of ids, one-line description of the semantics)
 NAMESPACES: dict[str, tuple[Callable[..., JaxEnv], Callable[[], list[str]], str]] = {
     "navix": (
@@ -67,7 +85,16 @@ NAMESPACES: dict[str, tuple[Callable[..., JaxEnv], Callable[[], list[str]], str]
         "reward 1-0.9*t/T; xminigrid's own horizon and egocentric view per task",
     ),
     "gymnax": (_gymnax, _gymnax_ids, "gymnax defaults (classic control, MinAtar, bsuite, misc)"),
+    "gym": (
+        _gym,
+        _gym_ids,
+        "Gymnasium envs stepped in worker processes (host path, slower than the JAX-native "
+        "namespaces); Discrete actions; MiniGrid 7x7 view, NetHack/MiniHack glyph crop + blstats",
+    ),
 }
+
+# namespace -> the PyPI package it needs, where the names differ
+PACKAGES = {"gym": "gymnasium"}
 
 ALIASES: dict[str, str] = {
     "doorkey-5x5": "navix:Navix-DoorKey-5x5-v0",
@@ -112,9 +139,9 @@ def resolve(env_id: str) -> str:
     except ImportError as error:
         raise UserError(
             f"environment {env_id!r} needs the {namespace!r} package, which is not installed "
-            f"({error}). Install it with `pip install {namespace}`."
+            f"({error}). Install it with `pip install {PACKAGES.get(namespace, namespace)}`."
         ) from None
-    if name not in known:
+    if name not in known and not (namespace == "gym" and ":" in name):
         full = [f"{namespace}:{i}" for i in known]
         raise unknown("environment", env_id, full, "`autotelic envs` lists every available id.")
     return env_id
