@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autotelic", description="RL in which the agent makes its own reward.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train an agent (PPO, JAX-native envs)")
+    train = commands.add_parser("train", help="train an agent with PPO (JAX-native or gym: envs)")
     train.add_argument("--env", help="environment id, e.g. navix:Navix-DoorKey-8x8-v0")
     train.add_argument(
         "--reward",

@@ -28,7 +28,9 @@ class EnvSpec:
 
     `obs_kind` is "grid" for integer-coded grids `[H, W, C]` whose channel c takes values in
     `[0, obs_categories[c])` (MiniGrid-style symbolic observations; networks one-hot them), or
-    "vector" for float vectors `[D]`, or "image" for float images `[H, W, C]`.
+    "vector" for float vectors `[D]`, "image" for float images `[H, W, C]`, or "nethack" for the
+    host path's NetHack/MiniHack encoding (one int32 vector: glyph crop, bottom-line stats,
+    message bytes; the layout is in `options`, see `autotelic.envs.host`).
     """
 
     env_id: str
