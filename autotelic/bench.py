@@ -427,6 +427,7 @@ def run_all(
     _start_ray(address, cpus_per_run)
     outcomes: dict[Path, dict[str, Any]] = {}
     interrupted = False
+    restore = _interrupt_on_signals()
     try:
         # max_calls=1: a fresh process per configuration, so JAX's memory and compiled programs
         # go with it. max_retries=0: a crashed run is reported, not silently started over.
@@ -480,8 +481,31 @@ def run_all(
                     "interrupted": True,
                 }
     finally:
+        restore()
         ray.shutdown()
     return outcomes, interrupted
+
+
+def _interrupt_on_signals() -> Any:
+    """Make SIGTERM (what schedulers and `kill` send) and SIGINT stop the bench as Ctrl-C does,
+    also when SIGINT was ignored at start (a shell starts background jobs that way). Returns a
+    function that restores the previous handlers. Only the main thread can install handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 # ------------------------------------------------------------------------------------ results
