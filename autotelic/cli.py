@@ -186,6 +186,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"success {'n/a' if success is None else f'{success:.2f}'}"
         )
     print(f"results: {out.resolve()}")
+    if (out / "report.html").exists():
+        print(f"report: {(out / 'report.html').resolve()}")
     return 0
 
 

@@ -33,6 +33,7 @@ def test_ppo_learns_doorkey_5x5_and_writes_a_complete_run_directory(cli, tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"results: {out.resolve()}" in result.stdout
+    assert f"report: {(out / 'report.html').resolve()}" in result.stdout  # written at the end
     summary = json.loads((out / "summary.json").read_text())
     for key in ("env", "rewards", "seed", "env_steps", "wall_seconds", "steps_per_second",
                 "final_return", "success_rate"):  # fmt: skip
