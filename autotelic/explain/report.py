@@ -23,6 +23,14 @@ player are inline, and nothing is fetched from the network. Sections:
 Every plot element carries `data-plot="<name>"` and a unique `id`. A bench directory
 (results.json) gets a page with the results table, its learning-curve images and links to one
 report per configuration (`write_bench_report`).
+
+A language-model run directory (config.yaml with `kind: lm`, written by `autotelic lm-train` and
+`autotelic lm-pretrain`) gets its own page (`build_lm_report`). lm-train: the run summary, the
+collapse monitor's verdict in a sentence, the training reward and each weighted part
+(`lm-rewards`), held-out accuracy, sample accuracy and vote agreement (`lm-accuracy`), token
+entropy, completion length, KL and loss (`lm-policy`), the monitor's peak-accuracy, collapse and
+agreement-saturation steps as vertical lines on each, and the completions kept in samples.jsonl.
+lm-pretrain: its summary and the loss and held-out accuracy curves (`lm-pretrain-curves`).
 """
 
 from __future__ import annotations
@@ -859,8 +867,11 @@ def _evaluation_section(seed: RunData, suffix: str) -> str:
 
 
 def build_report(run_dir: Path) -> str:
-    """The HTML of the report of a run or group directory."""
+    """The HTML of the report of a run or group directory (or of a language-model run)."""
     run_dir = Path(run_dir)
+    kind = lm_run_kind(run_dir)
+    if kind is not None:
+        return build_lm_report(run_dir, kind)
     seeds, config = run_data(run_dir)
     heads = seeds[0].heads
     usable = [s for s in seeds if s.rows]
@@ -915,6 +926,346 @@ def write_report(run_dir: Path) -> Path:
     path = run_dir / REPORT_NAME
     atomic_write_text(path, text)
     return path
+
+
+# ------------------------------------------------------------------------------------ lm runs
+
+LM_COMMANDS = ("lm-train", "lm-pretrain")
+LM_SAMPLES = "samples.jsonl"
+LM_SAMPLE_STEPS = 2  # the first and the last step recorded in samples.jsonl
+LM_MARKERS = (
+    ("peak_accuracy_step", "peak accuracy", "#2ca02c", "--"),
+    ("collapse_step", "collapse", "#d62728", "-"),
+    ("agreement_saturation_step", "agreement saturated", "#9467bd", ":"),
+)
+
+
+def lm_run_kind(run_dir: Path) -> str | None:
+    """ "lm-train" or "lm-pretrain" for a language-model run directory, else None.
+
+    The marker is config.yaml's `kind: lm` with its `command`; directories written before the
+    marker existed are recognized by summary.json's `command` or by their config's fields."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not run_dir.is_dir() or not config_path.exists():
+        return None
+    config = _read_yaml(config_path)
+    summary_path = run_dir / "summary.json"
+    summary = _read_json(summary_path) if summary_path.exists() else {}
+    command = config.get("command") or (summary or {}).get("command")
+    if config.get("kind") == "lm" or command in LM_COMMANDS:
+        if command in LM_COMMANDS:
+            return command
+        return "lm-train" if "group_size" in config else "lm-pretrain"
+    if {"group_size", "prompts_per_step", "rewards"} <= set(config):
+        return "lm-train"
+    if {"judge_fraction", "batch_size", "d_model"} <= set(config):
+        return "lm-pretrain"
+    return None
+
+
+def _lm_rows(run_dir: Path) -> list[dict[str, float]]:
+    from .. import runs
+
+    path = run_dir / "metrics.csv"
+    try:
+        rows = runs.read_metrics(run_dir) if path.exists() else []
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"{str(path)!r} is damaged ({error}).") from None
+    if not rows:
+        raise UserError(
+            f"{str(run_dir)!r} is incomplete: no step has been logged to metrics.csv yet."
+        )
+    return rows
+
+
+def _lm_samples(run_dir: Path) -> list[dict[str, Any]]:
+    """samples.jsonl's rows (unreadable lines are skipped: the page is still worth having)."""
+    path = run_dir / LM_SAMPLES
+    if not path.exists():
+        return []
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "completion" in row:
+            rows.append(row)
+    return rows
+
+
+def _lm_markers(axes: Any, summary: dict[str, Any]) -> None:
+    for key, label, colour, style in LM_MARKERS:
+        step = summary.get(key)
+        if isinstance(step, int | float) and not isinstance(step, bool):
+            axes.axvline(step, color=colour, linestyle=style, linewidth=1.2, label=label)
+
+
+def _lm_curve(axes: Any, steps: np.ndarray, values: np.ndarray, **style: Any) -> bool:
+    """Plot the finite points of a column (markers when they are sparse); False if none."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return False
+    sparse = finite.sum() < len(values) or finite.sum() <= 3
+    axes.plot(steps[finite], values[finite], marker="o" if sparse else None, markersize=4, **style)
+    return True
+
+
+def lm_rewards_plot(rows: list[dict[str, float]], summary: dict[str, Any]) -> str:
+    steps = _column(rows, "update")
+    parts = sorted(k for k in rows[0] if k.startswith("reward/"))
+    figure = _figure(9.0, 3.4)
+    axes = figure.subplots()
+    _lm_curve(axes, steps, _column(rows, "reward"), color="black", label="reward (weighted sum)")
+    if len(parts) > 1:
+        for k, key in enumerate(parts):
+            _lm_curve(axes, steps, _column(rows, key), color=_colour(k), label=key, alpha=0.8)
+    _lm_markers(axes, summary)
+    axes.set_title("training reward (mean over the step's completions)")
+    axes.set_xlabel("GRPO step")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return _png(figure)
+
+
+def lm_accuracy_plot(rows: list[dict[str, float]], summary: dict[str, Any]) -> str:
+    steps = _column(rows, "update")
+    figure = _figure(9.0, 3.4)
+    axes = figure.subplots()
+    initial = summary.get("initial_accuracy")
+    eval_steps, eval_values = steps, _column(rows, "eval_accuracy")
+    if isinstance(initial, int | float):
+        eval_steps = np.concatenate([[0.0], steps])
+        eval_values = np.concatenate([[float(initial)], eval_values])
+    drawn = _lm_curve(axes, eval_steps, eval_values, color="#1f77b4", label="held-out accuracy")
+    drawn |= _lm_curve(
+        axes, steps, _column(rows, "sample_accuracy"), color="#ff7f0e", alpha=0.7,
+        label="sample accuracy (training completions)",
+    )  # fmt: skip
+    drawn |= _lm_curve(
+        axes, steps, _column(rows, "vote_agreement"), color="#7f7f7f", alpha=0.7,
+        label="vote agreement (label-free)",
+    )  # fmt: skip
+    _lm_markers(axes, summary)
+    if not drawn:
+        axes.text(0.5, 0.5, "no labels: no accuracy", ha="center", transform=axes.transAxes)
+    axes.set_ylim(-0.05, 1.05)
+    axes.set_title("true accuracy against the group's agreement")
+    axes.set_xlabel("GRPO step")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return _png(figure)
+
+
+def lm_policy_plot(rows: list[dict[str, float]], summary: dict[str, Any]) -> str:
+    steps = _column(rows, "update")
+    panels = (
+        ("entropy", "token entropy (nats)"),
+        ("completion_tokens", "completion length (tokens)"),
+        ("kl", "KL to the start policy"),
+        ("loss", "loss"),
+    )
+    figure = _figure(11.0, 2.8)
+    for axes, (key, title) in zip(figure.subplots(1, len(panels)), panels, strict=True):
+        if not _lm_curve(axes, steps, _column(rows, key), color="black"):
+            axes.text(0.5, 0.5, "not logged", ha="center", transform=axes.transAxes)
+        _lm_markers(axes, summary)
+        axes.set_title(title, fontsize="medium")
+        axes.set_xlabel("GRPO step")
+        axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def lm_pretrain_plot(rows: list[dict[str, float]]) -> str:
+    steps = _column(rows, "update")
+    figure = _figure(9.0, 3.4)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    _lm_curve(loss_axes, steps, _column(rows, "loss"), color="black")
+    if not _lm_curve(accuracy_axes, steps, _column(rows, "eval_accuracy"), color="#1f77b4"):
+        accuracy_axes.text(
+            0.5, 0.5, "not evaluated yet", ha="center", transform=accuracy_axes.transAxes
+        )
+    loss_axes.set_title("supervised loss")
+    accuracy_axes.set_title("held-out accuracy")
+    accuracy_axes.set_ylim(-0.05, 1.05)
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _lm_collapse_sentence(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "No summary.json yet: the collapse monitor reports when the run completes."
+    if "peak_accuracy_step" not in summary:
+        return "This run has no collapse monitor result."
+    peak = summary.get("peak_accuracy_step")
+    if peak is None:
+        return (
+            "No held-out accuracy was measured (the tasks have no answers), so the collapse "
+            "monitor had nothing to compare the reward with."
+        )
+    smoothed = summary.get("peak_accuracy_smoothed")
+    window = summary.get("collapse_window", "?")
+    text = (
+        f"Held-out accuracy (running mean over {window} evaluations) peaked at step {peak}"
+        + (f" ({smoothed:.3f})" if isinstance(smoothed, int | float) else "")
+        + ". "
+    )
+    collapse = summary.get("collapse_step")
+    drop = summary.get("collapse_drop")
+    if collapse is not None:
+        text += (
+            f"Collapse at step {collapse}: accuracy had fallen {_fmt(drop, 2)} or more below "
+            "its peak while the reward stayed at or above its level there, so the label-free "
+            "reward stopped tracking true accuracy. "
+        )
+    else:
+        text += (
+            f"No collapse: accuracy never fell {_fmt(drop, 2)} below its peak while the reward "
+            "held. "
+        )
+    saturation = summary.get("agreement_saturation_step")
+    if saturation is not None:
+        text += f"Vote agreement within groups saturated at step {saturation}."
+    else:
+        text += "Vote agreement within groups never saturated."
+    return text
+
+
+def _lm_samples_section(samples: list[dict[str, Any]]) -> str:
+    if not samples:
+        return ""
+    steps = sorted({row.get("step") for row in samples if isinstance(row.get("step"), int)})
+    shown = [steps[0], steps[-1]] if len(steps) > 1 else steps
+    parts = [
+        '<section id="samples" data-section="samples"><h2>Sample completions</h2>',
+        f'<p class="note">Completions of one prompt at the first and last recorded steps '
+        f"(all {len(samples)} are in {LM_SAMPLES}).</p>",
+    ]
+    for step in shown[:LM_SAMPLE_STEPS]:
+        rows = [
+            (
+                row.get("prompt", ""),
+                row.get("completion", ""),
+                "" if row.get("answer") is None else row.get("answer"),
+                _fmt(row.get("reward")),
+            )
+            for row in samples
+            if row.get("step") == step
+        ]
+        parts.append(f"<h3>Step {step}</h3>")
+        parts.append(
+            _table(
+                ["prompt", "completion", "answer", "reward"],
+                rows,
+                ' class="samples" data-table="samples"',
+            )
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def build_lm_report(run_dir: Path, kind: str) -> str:
+    """The HTML report of an `autotelic lm-train` or `lm-pretrain` run directory."""
+    run_dir = Path(run_dir)
+    config = _read_yaml(run_dir / "config.yaml")
+    rows = _lm_rows(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = _read_json(summary_path) if summary_path.exists() else None
+    if not isinstance(summary, dict):
+        summary = None
+    done = summary or {}
+    last = rows[-1]
+    if kind == "lm-pretrain":
+        title = f"autotelic report: lm-pretrain {config.get('task', '')}"
+        items = [
+            ("task", f"{config.get('task')} 0..{config.get('max_operand')}"),
+            ("parameters", done.get("parameters", "n/a")),
+            (
+                "model",
+                f"d_model {config.get('d_model')}, {config.get('n_layers')} layers, "
+                f"{config.get('n_heads')} heads",
+            ),
+            ("steps", f"{int(last['update'])} of {config.get('steps')}"),
+            ("batch size", config.get("batch_size")),
+            ("learning rate", config.get("learning_rate")),
+            ("final loss", _fmt(last.get("loss"))),
+            (
+                "held-out accuracy",
+                f"{_fmt(done.get('eval_accuracy'))} on {config.get('eval_size')}",
+            ),
+            ("wall s", _fmt(done.get("wall_seconds"), 1)),
+            ("seed", config.get("seed")),
+        ]
+        body = [
+            _table(["", ""], items, ' data-table="summary"'),
+            '<h2 id="learning">Learning curves</h2>',
+            _plot("lm-pretrain-curves", lm_pretrain_plot(rows), "pretraining curves"),
+            '<p class="note">Train on it with <code>autotelic lm-train --model '
+            f"{html.escape(str(run_dir))} --reward ...</code>.</p>",
+        ]
+    else:
+        rewards = list(config.get("rewards") or done.get("rewards") or [])
+        weights = list(config.get("reward_weights") or [])
+        reward_text = ", ".join(
+            f"{n} x{w:g}" if weights else str(n)
+            for n, w in zip(rewards, weights or [1.0] * len(rewards), strict=False)
+        )
+        title = f"autotelic report: lm-train [{', '.join(map(str, rewards))}]"
+        kl = config.get("kl_beta")
+        items = [
+            ("model", f"{config.get('model')} ({done.get('backend', '?')}, "
+             f"{done.get('parameters', '?')} parameters)"),
+            ("rewards", reward_text),
+            ("tasks", done.get("tasks", config.get("tasks") or config.get("task") or "testbed")),
+            ("steps", f"{int(last['update'])} of {config.get('steps')}"),
+            ("prompts x group", f"{config.get('prompts_per_step')} x {config.get('group_size')}"),
+            ("learning rate", config.get("learning_rate")),
+            ("loss", f"{config.get('loss')} (clip {config.get('clip_eps')}, KL {kl}, "
+             f"{config.get('epochs')} epoch(s))"),
+            ("temperature", config.get("temperature")),
+            ("held-out accuracy", f"{_fmt(done.get('initial_accuracy'))} -> "
+             f"{_fmt(done.get('final_accuracy'))} on {done.get('eval_size', '?')} questions"),
+            ("last reward / loss", f"{_fmt(last.get('reward'))} / {_fmt(last.get('loss'))}"),
+            ("s per step", _fmt(done.get("seconds_per_step"), 3)),
+            ("wall s", _fmt(done.get("wall_seconds"), 1)),
+            ("seed", config.get("seed")),
+        ]  # fmt: skip
+        body = [
+            _table(["", ""], items, ' data-table="summary"'),
+        ]
+        if summary is None:
+            body.append('<p class="note">No summary.json yet: the run has not finished.</p>')
+        body += [
+            '<h2 id="collapse">Collapse monitor</h2>',
+            f'<p class="note" data-section="collapse">{html.escape(_lm_collapse_sentence(summary))}'
+            " Vertical lines mark these steps in every plot.</p>",
+            '<h2 id="rewards">Rewards</h2>',
+            _plot("lm-rewards", lm_rewards_plot(rows, done), "training reward"),
+            '<h2 id="accuracy">Accuracy</h2>',
+            '<p class="note">Held-out accuracy is measured greedily on questions the policy '
+            "never trains on (step 0: before training); sample accuracy scores the step's "
+            "sampled completions; vote agreement is the share of a group agreeing with its "
+            "majority answer and needs no labels.</p>",
+            _plot("lm-accuracy", lm_accuracy_plot(rows, done), "accuracy and agreement"),
+            '<h2 id="policy">Policy</h2>',
+            _plot("lm-policy", lm_policy_plot(rows, done), "entropy, length, KL and loss"),
+        ]
+        samples = _lm_samples_section(_lm_samples(run_dir))
+        if samples:
+            body.append(samples)
+    header = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">{html.escape(str(run_dir.resolve()))}; written by autotelic '
+        f"{__version__}.</p>",
+    ]
+    return _page(title, header + body)
 
 
 # ------------------------------------------------------------------------------------ bench

@@ -119,6 +119,16 @@ def add_commands(subparsers: Any) -> None:
     train.set_defaults(func=cmd_lm_train)
 
 
+def _write_report(out: str) -> None:
+    """RUN_DIR/report.html, as the agent side writes it; a failure is only a warning."""
+    try:
+        from ..explain.report import write_report
+
+        print(f"report: {write_report(Path(out)).resolve()}")
+    except Exception as error:  # the run itself is complete
+        print(f"autotelic: warning: no report.html written ({error}).", file=sys.stderr)
+
+
 def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
@@ -155,6 +165,7 @@ def cmd_lm_pretrain(args: argparse.Namespace) -> int:
         f"on {summary['eval_size']} questions"
     )
     print(f"model: {Path(out).resolve()}")
+    _write_report(out)
     return 0
 
 
@@ -241,4 +252,5 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
             f"the reward held (detected at step {summary['collapse_step']})"
         )
     print(f"results: {Path(out).resolve()}")
+    _write_report(out)
     return 0

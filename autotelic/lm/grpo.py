@@ -51,6 +51,7 @@ from .testbed import (
 
 LOSSES = ("grpo", "dr_grpo")
 ADVANTAGE_EPS = 1e-4
+SAMPLES_PER_STEP = 4  # completions of one prompt kept in samples.jsonl per evaluation
 
 
 # ------------------------------------------------------------------------------ math
@@ -298,6 +299,23 @@ def _status(metrics: dict[str, float], monitor: CollapseMonitor, rewards: list[s
     return " | ".join(parts)
 
 
+def _sample_rows(
+    step: int, samples: list[Sample], scored: list[Scored], groups: dict[tuple[int, int], list[int]]
+) -> list[dict[str, Any]]:
+    """The first group's completions (up to SAMPLES_PER_STEP) for samples.jsonl."""
+    rows = groups.get((0, 0), [])[:SAMPLES_PER_STEP]
+    return [
+        {
+            "step": step,
+            "prompt": samples[r].prompt,
+            "answer": samples[r].answer,
+            "completion": samples[r].completion,
+            "reward": float(scored[r].total),
+        }
+        for r in rows
+    ]
+
+
 def train(config: GRPOConfig, quiet: bool = False) -> dict[str, Any]:
     """Run GRPO as configured; write the run to config.out. Returns the summary.
 
@@ -462,6 +480,8 @@ def train(config: GRPOConfig, quiet: bool = False) -> dict[str, Any]:
                 metrics["eval_accuracy"] = final_accuracy
                 monitor.observe(step, float(np.mean(rewards_since_eval)), final_accuracy)
                 rewards_since_eval = []
+            if step % config.eval_every == 0 or step == config.steps or step == 1:
+                runs.append_samples(out, _sample_rows(step, samples, scored, groups))
             seconds = time.perf_counter() - tick
             step_seconds.append(seconds)
             metrics["seconds"] = seconds
