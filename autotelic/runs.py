@@ -362,3 +362,28 @@ def write_summary(run_dir: Path, config: Config, extra: dict[str, Any]) -> dict[
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def progress_bar(quiet: bool) -> Any:
+    """A rich progress bar on stderr, with a free-text status field (silent when quiet)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True, quiet=quiet),
+        transient=False,
+    )

@@ -110,30 +110,6 @@ class _Interrupt:
             signal.signal(sig, handler)
 
 
-def _progress(total_steps: int, quiet: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True, quiet=quiet),
-        transient=False,
-    )
-
-
 def _status(metrics: dict[str, np.ndarray], sps: float, rewards: tuple[str, ...]) -> str:
     returns = metrics["episode_return_mean"]
     parts = [f"{sps:,.0f} steps/s", f"return {np.mean(returns):.3f}"]
@@ -262,7 +238,7 @@ def _loop(
         if feedback is not None:
             feedback.save(at_update, snapshot)
 
-    progress = _progress(num_updates * batch, quiet)
+    progress = runs.progress_bar(quiet)
     label = f"{config.env} [{','.join(config.rewards) or 'extrinsic'}]"
     try:
         with _Interrupt() as interrupt, progress:

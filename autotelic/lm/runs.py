@@ -92,25 +92,7 @@ def write_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress(quiet: bool) -> Any:
-    """A rich progress bar on stderr, with a free-text status field (silent when quiet)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """The agent side's progress bar (`autotelic.runs.progress_bar`)."""
+    from ..runs import progress_bar
 
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True, quiet=quiet),
-        transient=False,
-    )
+    return progress_bar(quiet)
