@@ -107,6 +107,7 @@ class FeedbackConfig:
     mode: str = "thread"
     steps_per_batch: int = 32
     steps_per_update: int = 0
+    max_train_share: float = 0.25
     minibatch: int = 256
     classifier_threshold: float = 0.5
     pairs_per_label: int = 10

@@ -7,6 +7,7 @@ give no captions."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -388,3 +389,45 @@ def test_classifier_rewards_unseen_captions_and_models_checkpoint(embedded, tmp_
         assert not other.load(30)  # saved by other sources: the models start afresh
     finally:
         other.close()
+
+
+def test_max_train_share_defers_training_rounds_and_loses_no_labels(embedded, tmp_path: Path):
+    """A training round due before `max_train_share` allows waits for the next round; its
+    labels are in the dataset meanwhile, and the deferred round trains on all of them."""
+    settings = FeedbackSettings(steps_per_batch=100, minibatch=64, max_train_share=1e-6)
+    first, later = DOORKEY[:12], DOORKEY[12:]
+    vocab = vocabulary(first)
+    state = feedback_state(("classifier",), seeds=1)
+    feedback = OnlineFeedback(
+        ("classifier",), None, settings, annotator=embedded, store=tmp_path / "l.sqlite", text=SMALL
+    )
+    try:
+        state = feedback.after_update(state, [vocab])
+        assert feedback.wait(60)
+        steps_first = int(feedback._classifier.steps)
+        assert steps_first == 100
+        # the first round took > 0 s, so with a share of 1e-6 the next may start only after
+        # about a million times as long: the worker takes the new labels but defers training
+        vocab.ids(later)
+        state = feedback.after_update(state, [vocab])
+        assert feedback.service.wait_idle(60)
+        while not (feedback._due_labels and len(feedback._labels) == len(DOORKEY)):
+            feedback._wake.set()  # pytest-timeout bounds this loop
+            threading.Event().wait(0.02)
+        assert int(feedback._classifier.steps) == steps_first
+        assert len(feedback._data_rows) == len(DOORKEY)
+        assert feedback.wait(60)  # waiting lifts the limit: the deferred round runs
+        assert int(feedback._classifier.steps) == 2 * steps_first
+        state = feedback.after_update(state, [vocab])
+    finally:
+        feedback.close()
+    table = np.asarray(state.source_states[0].table[0])
+    for caption in DOORKEY:
+        expected = float(embedded.scores([caption])[0] >= embedded.threshold)
+        assert table[vocab.id(caption)] == expected, caption
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_max_train_share_out_of_range_is_a_user_error(share: float):
+    with pytest.raises(UserError, match=r"feedback\.max_train_share must be in"):
+        FeedbackSettings(max_train_share=share).check()

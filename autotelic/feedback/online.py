@@ -40,6 +40,15 @@ Models (`models.py`), one per feedback source in the run, all trained on the sam
   sets mu, sigma and the `ranking_quantile` threshold from the scores of (up to 2,048, a power of
   two) labelled captions; table[id] = `ranking_reward`, the normalized thresholded score.
 
+Training share (`max_train_share`, default 0.25; a deviation from ONI, whose learner trains on
+every batch as it arrives): a round of training and rescoring that took t seconds lets the next
+one start only after t * (1 - share) / share seconds, so the worker spends at most about that share
+of wall time training. Labels arriving meanwhile enter the dataset at once (retrieval pays them at
+the next publication, without training) and the deferred round trains on all of them, with
+`steps_per_batch` steps as for any batch. On NetHack, where new messages arrive all the time,
+the classifier trained on every batch took 20.7% of the learner's env steps/s on 2 cores
+(BENCHMARKS.md); 1 restores ONI's rule.
+
 Labels come from every run that shares the store (same annotator and prompt version), so the
 models also learn from captions this run never saw, and all seeds of a run share one model; the
 tables differ per seed only because each seed numbers its captions in its own vocabulary.
@@ -130,6 +139,8 @@ class FeedbackSettings:
     prompt_version: chat: your name for the prompt (the stored key adds a digest of the prompt)
     mode:           "thread" or "process" (labeller in a child process)
     steps_per_batch, steps_per_update, minibatch: text-model training (see the module docstring)
+    max_train_share: largest share of wall time the model worker spends training and rescoring
+                    (1 = ONI's rule, train on every batch of labels as it arrives)
     classifier_threshold: P(helpful) above which the classifier pays 1
     pairs_per_label, ranking_quantile: ranking pairs per new label; eps quantile (Motif: 0.5)
     top_captions:   captions listed in feedback/top_captions.json
@@ -148,6 +159,7 @@ class FeedbackSettings:
     steps_per_batch: int = 32
     steps_per_update: int = 0
     minibatch: int = 256
+    max_train_share: float = 0.25
     classifier_threshold: float = 0.5
     pairs_per_label: int = 10
     ranking_quantile: float = 0.5
@@ -164,6 +176,10 @@ class FeedbackSettings:
         for name in ("steps_per_batch", "steps_per_update", "pairs_per_label", "top_captions"):
             if getattr(self, name) < 0:
                 raise UserError(f"feedback.{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 < self.max_train_share <= 1.0:
+            raise UserError(
+                f"feedback.max_train_share must be in (0, 1], got {self.max_train_share}."
+            )
         if self.minibatch < 1:
             raise UserError(f"feedback.minibatch must be >= 1, got {self.minibatch}.")
         if not 0.0 <= self.classifier_threshold <= 1.0:
@@ -342,6 +358,9 @@ class OnlineFeedback:
 
         self._lock = threading.Lock()  # inputs from the caller, published tables, statistics
         self._model_lock = threading.Lock()  # the models and the dataset, while they change
+        self._due_labels = False  # training deferred by max_train_share: labels to train on
+        self._due_updates = 0  # ... and PPO updates passed
+        self._train_at = 0.0  # monotonic time before which no training round starts
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -565,10 +584,19 @@ class OnlineFeedback:
         # a text model's first fit waits for its compilation
         if (grew or changed) and sizes:
             self._publish(sizes, num_seeds)
-        if self._data_rows and (trained or updates):
+        # training rounds may use at most `max_train_share` of wall time: a round due before
+        # its time is deferred (its labels are in the dataset and train with the next round)
+        self._due_labels |= trained
+        self._due_updates += updates
+        now = time.monotonic()
+        if self._data_rows and (self._due_labels or self._due_updates) and now >= self._train_at:
             with self._model_lock:
-                self._train(trained, updates)
+                self._train(self._due_labels, self._due_updates)
                 changed = self._score()
+            self._due_labels, self._due_updates = False, 0
+            elapsed = time.monotonic() - now
+            share = self.settings.max_train_share
+            self._train_at = time.monotonic() + elapsed * (1.0 - share) / share
             if changed and sizes:
                 self._publish(sizes, num_seeds)
         with self._lock:
@@ -805,11 +833,14 @@ class OnlineFeedback:
         self.start()
         while time.monotonic() < deadline:
             known = self.service.stats()["known_labels"]
+            self._train_at = 0.0  # waiting means: train now, whatever max_train_share says
             with self._lock:
                 idle = (
                     not self._busy
                     and not any(self._incoming)
                     and self._updates_due == 0
+                    and not self._due_labels
+                    and self._due_updates == 0
                     and len(self._labels) >= known
                 )
             if idle:
