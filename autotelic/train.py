@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,27 @@ def train(
     return summaries
 
 
+TABLE_LOAD_WARNING = 0.5
+
+
+def _warn_full_tables(metrics: dict[str, np.ndarray], warned: set[str]) -> set[str]:
+    """Warn once per source when a hash table (`<source>/table_load`) passes half full: linear
+    probing slows sharply beyond that and the run can crawl long before the table is full."""
+    for key, value in metrics.items():
+        source = key.split("/")[0]
+        load = float(np.max(value))
+        if key.endswith("/table_load") and source not in warned and load > TABLE_LOAD_WARNING:
+            print(
+                f"autotelic: warning: the {source} table is {load:.0%} full; lookups slow down "
+                f"as it fills. Raise sources.{source}.table_size (a power of two) for the next "
+                "run, or count coarser states (sources.count.hash=simhash, fewer "
+                "sources.count.bits).",
+                file=sys.stderr,
+            )
+            warned = warned | {source}
+    return warned
+
+
 def _loop(
     config: Config,
     out: Path,
@@ -248,6 +270,7 @@ def _loop(
                 completed=start_update * batch,
                 status="compiling...",
             )
+            warned: set[str] = set()
             for index in range(start_update, num_updates):
                 tick = time.perf_counter()
                 new_state, metrics = update(state)
@@ -273,6 +296,7 @@ def _loop(
                     state = good_state = feedback.after_update(state, update.vocabularies)
                     metrics.update(feedback.metrics())
                 first = index == start_update
+                warned = _warn_full_tables(metrics, warned)
                 for i, writer in enumerate(writers):
                     row = {k: v[i] for k, v in metrics.items()}
                     writer.write(row, seconds, batch / seconds, compiled=first)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import autotelic.envs as envs
+from autotelic import runs
 from autotelic.errors import UserError
 from autotelic.rewards.base import RewardSource, Transition, build_sources
 from autotelic.rewards.rnd import Distiller
@@ -315,3 +316,17 @@ def test_noveld_episodic_memory_resets_after_the_terminal_transition() -> None:
     assert r3[0] == r1[0]  # new episode in env 0: first visit again
     assert r3[1] == 0.0
     np.testing.assert_array_equal(np.asarray(state.memory.length), [1, 1])
+
+
+def test_train_warns_once_when_the_count_table_passes_half_full(capsys, tmp_path) -> None:
+    from autotelic.cli import main
+
+    args = ["train", "--env", "navix:Navix-DoorKey-5x5-v0", "--reward", "count", "--quiet"]
+    args += ["--steps", "768", "--num-envs", "8", "--out", str(tmp_path / "run")]
+    args += ["ppo.num_steps=32", "network.kind=mlp", "sources.count.table_size=16"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: the count table is") == 1, err
+    assert "sources.count.table_size" in err
+    loads = [row["count/table_load"] for row in runs.read_metrics(tmp_path / "run")]
+    assert max(loads) > 0.5  # the warning spoke the truth
