@@ -55,12 +55,12 @@ def main() -> None:
         for repeat in range(args.repeats):
             for reward in rewards:
                 run_dir = Path(tmp) / f"{reward}-{repeat}"
+                store = Path(tmp) / f"labels-{repeat}.sqlite"
                 command = [
                     sys.executable, "-m", "autotelic", "train", "--env", args.env,
                     "--reward", reward, "--steps", str(args.steps), "--num-envs",
                     str(args.num_envs), "--out", str(run_dir), "--quiet",
-                    f"network.kind={args.network}", "feedback.store=" + str(Path(tmp) / f"labels-{repeat}.sqlite"),
-                    *args.overrides,
+                    f"network.kind={args.network}", f"feedback.store={store}", *args.overrides,
                 ]  # fmt: skip
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 results[reward].append(steady_sps(run_dir, args.skip))
