@@ -4,10 +4,12 @@
 the contract of `jax.jit(jax.vmap(trainer.update))` over S seeds: `state` is the stacked
 `TrainState` `[S, ...]`, metrics are `[S]` arrays. Inside, one call is
 
+    state, acted = act(state)                       jitted, vmapped over seeds
     for t in range(num_steps):
-        state, acted = act(state)                   jitted, vmapped over seeds
         pools step acted.action                     worker processes, all seeds at once
-        state, record_t = observe(state, acted, step)   jitted, vmapped
+        state, record_t, acted = observe_act(state, acted, step)   jitted, vmapped: observe
+                                                    step t, then act for t + 1 (observe alone
+                                                    at the last step)
     state, metrics = learn(state, stack(records), initial_carry)   jitted, vmapped
 
 which is `Trainer.update` with the `lax.scan` unrolled in Python and `env.step` replaced by the
@@ -69,6 +71,14 @@ class HostUpdate:
         self.needs_reset = True
         self.act = jax.jit(jax.vmap(trainer.act))
         self.observe = jax.jit(jax.vmap(trainer.observe))
+
+        def observe_act(state: TrainState, acted: Any, env_state: Any, step: StepResult) -> Any:
+            state, record = trainer.observe(state, acted, env_state, step)
+            state, acted = trainer.act(state)
+            return state, record, acted
+
+        # one dispatch per env step instead of two: observe step t and act for step t + 1
+        self.observe_act = jax.jit(jax.vmap(observe_act))
         self.learn = jax.jit(jax.vmap(trainer.learn))
         # Records [S, N, ...] -> rollout [S, T, N, ...] (time inside the seed axis, as vmap wants).
         self.stack = jax.jit(lambda records: jax.tree_util.tree_map(_stack_time, *records))
@@ -91,7 +101,8 @@ class HostUpdate:
         for pool, seed_actions in zip(self.pools, actions, strict=True):
             pool.step_async(seed_actions)
         results = [pool.step_wait() for pool in self.pools]
-        return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack(xs)), *results)
+        # numpy leaves: the jitted observe transfers them in its own call, with no dispatch each
+        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *results)
 
     def __call__(self, state: TrainState) -> tuple[TrainState, dict[str, Any]]:
         try:
@@ -112,10 +123,13 @@ class HostUpdate:
             state = self.reset_envs(state)
         initial_carry = state.carry
         records = []
-        for _ in range(self.num_steps):
-            state, acted = self.act(state)
+        state, acted = self.act(state)
+        for t in range(self.num_steps):
             step = self.step_pools(np.asarray(acted.action))
-            state, record = self.observe(state, acted, state.env_state, step)
+            if t + 1 < self.num_steps:
+                state, record, acted = self.observe_act(state, acted, state.env_state, step)
+            else:
+                state, record = self.observe(state, acted, state.env_state, step)
             records.append(record)
         state, metrics = self.learn(state, self.stack(records), initial_carry)
         for pool in self.pools:
