@@ -3,6 +3,8 @@
     python benchmarks/feedback_overhead.py                                   # NetHackScore-v0
     python benchmarks/feedback_overhead.py --env gym:MiniGrid-DoorKey-8x8-v0 --network mlp
     python benchmarks/feedback_overhead.py --rewards none,retrieval,classifier --repeats 2
+    python benchmarks/feedback_overhead.py --repeats 5 \
+        --rewards "none;classifier;classifier:feedback.max_train_share=1"
 
 Each reward setting is trained through the real `autotelic train` in its own process, alternating
 settings when `--repeats` > 1 so slow drifts of the machine hit all of them alike. "off" is
@@ -10,7 +12,9 @@ settings when `--repeats` > 1 so slow drifts of the machine hit all of them alik
 source with the embedded annotator: captions go to the label store, the annotator labels them in
 the background, the reward model trains in its own thread, and the learner reads the newest table.
 Steps/s are read from each run's timing.csv, leaving out the first `--skip` updates (compilation
-and start-up). Prints one JSON line. Not part of the test suite.
+and start-up). A setting is a reward, optionally followed by `:` and overrides for it alone
+(`classifier:feedback.max_train_share=1`); settings are separated by `;` when any has overrides,
+else by `,`. Prints one JSON line. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -49,18 +53,20 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
 
-    rewards = args.rewards.split(",")
+    rewards = args.rewards.split(";" if ";" in args.rewards else ",")
     results: dict[str, list[float]] = {r: [] for r in rewards}
     with tempfile.TemporaryDirectory(prefix="feedback-overhead-") as tmp:
         for repeat in range(args.repeats):
             for reward in rewards:
-                run_dir = Path(tmp) / f"{reward}-{repeat}"
-                store = Path(tmp) / f"labels-{repeat}.sqlite"
+                name, _, extra = reward.partition(":")
+                run_dir = Path(tmp) / f"{rewards.index(reward)}-{repeat}"
+                store = Path(tmp) / f"labels-{rewards.index(reward)}-{repeat}.sqlite"
                 command = [
                     sys.executable, "-m", "autotelic", "train", "--env", args.env,
-                    "--reward", reward, "--steps", str(args.steps), "--num-envs",
+                    "--reward", name, "--steps", str(args.steps), "--num-envs",
                     str(args.num_envs), "--out", str(run_dir), "--quiet",
                     f"network.kind={args.network}", f"feedback.store={store}", *args.overrides,
+                    *extra.split(),
                 ]  # fmt: skip
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 results[reward].append(steady_sps(run_dir, args.skip))
