@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, close_matches
+from .feedback.settings import FeedbackSettings
 
 
 @dataclass(frozen=True)
@@ -90,29 +91,9 @@ class SILConfig:
     beta: float = 1.0  # importance-weight exponent
 
 
-@dataclass(frozen=True)
-class FeedbackConfig:
-    """Online labels from language-model feedback, for the `retrieval`, `classifier` and `ranking`
-    sources (mirrors `autotelic.feedback.online.FeedbackSettings`, which documents each field)."""
-
-    annotator: str = "embedded"  # embedded (no server; weaker than an LLM) | chat
-    url: str = ""  # chat: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
-    model: str = ""
-    api_key_env: str = ""  # name of the environment variable holding the key, never the key
-    task: str = ""
-    goals: tuple[str, ...] = ()
-    threshold: float = 0.5
-    store: str = ""  # default: $AUTOTELIC_LABEL_STORE or ~/.local/share/autotelic/labels.sqlite
-    prompt_version: str = "classify-v1"
-    mode: str = "thread"
-    steps_per_batch: int = 32
-    steps_per_update: int = 0
-    max_train_share: float = 0.25
-    minibatch: int = 256
-    classifier_threshold: float = 0.5
-    pairs_per_label: int = 10
-    ranking_quantile: float = 0.5
-    top_captions: int = 100
+# The `feedback:` section is the feedback pipeline's own settings class (one definition; its
+# docstring documents each field).
+FeedbackConfig = FeedbackSettings
 
 
 @dataclass(frozen=True)

@@ -62,13 +62,8 @@ def uses_feedback(config: Config) -> bool:
 
 
 def _feedback_settings(config: Config) -> Any:
-    from dataclasses import asdict
-
-    from .feedback.online import FeedbackSettings
-
-    settings = FeedbackSettings(**asdict(config.feedback))
-    settings.check()
-    return settings
+    config.feedback.check()
+    return config.feedback
 
 
 def resolved_config(setup: Setup) -> Config:

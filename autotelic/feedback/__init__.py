@@ -7,12 +7,38 @@ Agents from Large Language Model Feedback", Zheng et al. 2024, arXiv 2410.23022)
 * `models`     - retrieval, classifier and Bradley-Terry reward models, episodic count scaling
 * `commands`   - the `autotelic labels` command
 
-Importing this package does not import JAX; `models` does.
+* `settings`   - the run's `feedback:` settings (also the run config's `feedback` section)
+
+Importing this package imports nothing else until a name is used; `models` imports JAX.
 """
 
-from .annotators import Annotator, ChatAnnotator, EmbeddedAnnotator, Failure, parse_label
-from .service import AnnotationService, Labeller, ServiceSettings
-from .store import Label, LabelStore, default_store_path
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Annotator": "annotators",
+    "ChatAnnotator": "annotators",
+    "EmbeddedAnnotator": "annotators",
+    "Failure": "annotators",
+    "parse_label": "annotators",
+    "AnnotationService": "service",
+    "Labeller": "service",
+    "ServiceSettings": "service",
+    "Label": "store",
+    "LabelStore": "store",
+    "default_store_path": "store",
+    "FeedbackSettings": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): `autotelic.config` imports `feedback.settings` without pulling in NumPy.
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
 
 __all__ = [
     "AnnotationService",
@@ -20,6 +46,7 @@ __all__ = [
     "ChatAnnotator",
     "EmbeddedAnnotator",
     "Failure",
+    "FeedbackSettings",
     "Label",
     "LabelStore",
     "Labeller",

@@ -52,9 +52,9 @@ from typing import Any
 
 from ..errors import UserError
 from .annotators import Annotator, Failure, backoff_delay
+from .settings import MODES
 from .store import Label, LabelStore
 
-MODES = ("thread", "process")
 MAX_QUICK_RESTARTS = 5
 
 
