@@ -48,8 +48,8 @@ class Encoder(nn.Module):
     """Observation -> feature vector.
 
     cnn on grids: the MiniGrid-style stack (conv 2x2 16, [max-pool 2x2], conv 2x2 32, conv 2x2 64,
-    ReLU after each) on one-hot codes; the pool is used only when the grid is at least 8 wide, so
-    5x5 grids still keep a spatial map.
+    ReLU after each) on the codes as numbers (`encoding=raw`) or one-hot (`encoding=one_hot`);
+    the pool is used only when the grid is at least 8 wide, so 5x5 grids still keep a spatial map.
     """
 
     spec: EnvSpec
