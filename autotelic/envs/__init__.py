@@ -2,6 +2,9 @@
 
     navix:Navix-DoorKey-8x8-v0      xminigrid:MiniGrid-DoorKey-8x8      gymnax:CartPole-v1
     gym:MiniGrid-DoorKey-8x8-v0     gym:NetHackScore-v0                 gym:MiniHack-Room-5x5-v0
+    grid:KeyCorridorS3R3
+
+`grid:` ids are autotelic's own pure-JAX ports of MiniGrid tasks (`autotelic.envs.keycorridor`).
 
 `make(env_id, **options)` returns an adapter that fulfils `autotelic.envs.base.JaxEnv`, except for
 `gym:` ids: those are Gymnasium envs stepped in worker processes (`autotelic.envs.host.HostEnv`;
@@ -57,6 +60,18 @@ def _gymnax_ids() -> list[str]:
     return gymnax_ids()
 
 
+def _grid(name: str, options: dict[str, Any]) -> JaxEnv:
+    from .keycorridor import KeyCorridorEnv
+
+    return KeyCorridorEnv(name, **options)
+
+
+def _grid_ids() -> list[str]:
+    from .keycorridor import keycorridor_ids
+
+    return keycorridor_ids()
+
+
 def _gym(name: str, options: dict[str, Any]) -> JaxEnv:
     from .host import HostEnv
 
@@ -85,6 +100,13 @@ NAMESPACES: dict[str, tuple[Callable[..., JaxEnv], Callable[[], list[str]], str]
         "reward 1-0.9*t/T; xminigrid's own horizon and egocentric view per task",
     ),
     "gymnax": (_gymnax, _gymnax_ids, "gymnax defaults (classic control, MinAtar, bsuite, misc)"),
+    "grid": (
+        _grid,
+        _grid_ids,
+        "autotelic's own JAX port of MiniGrid's KeyCorridor: stock layouts and dynamics, "
+        "reward 1-0.9*t/T, T=30*S^2; MiniGrid's 7x7 occluded view by default, "
+        "observation=symbolic for the full grid",
+    ),
     "gym": (
         _gym,
         _gym_ids,
@@ -101,7 +123,7 @@ ALIASES: dict[str, str] = {
     "doorkey-6x6": "navix:Navix-DoorKey-6x6-v0",
     "doorkey-8x8": "navix:Navix-DoorKey-8x8-v0",
     "doorkey-16x16": "navix:Navix-DoorKey-16x16-v0",
-    "keycorridor-s3r3": "navix:Navix-KeyCorridorS3R3-v0",
+    "keycorridor-s3r3": "grid:KeyCorridorS3R3",
     "fourrooms": "navix:Navix-FourRooms-v0",
     "empty-8x8": "navix:Navix-Empty-8x8-v0",
 }
