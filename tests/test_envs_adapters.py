@@ -17,6 +17,7 @@ import pytest
 import autotelic.envs as envs
 from autotelic.envs.base import JaxEnv
 from autotelic.envs.gymnax_env import EXCLUDED, GymnaxEnv, gymnax_ids
+from autotelic.envs.keycorridor import KeyCorridorEnv
 from autotelic.envs.navix_env import NavixEnv
 from autotelic.envs.xminigrid_env import XMiniGridEnv, xminigrid_ids
 from autotelic.errors import UserError
@@ -31,6 +32,8 @@ ROLLOUTS: dict[str, tuple[Any, bool, bool]] = {
     "gymnax-cartpole": (lambda: GymnaxEnv("CartPole-v1", max_steps=30), True, True),
     "gymnax-breakout": (lambda: GymnaxEnv("Breakout-MinAtar", max_steps=20), True, True),
     "gymnax-frozenlake": (lambda: GymnaxEnv("FrozenLake-misc", max_steps=20), True, True),
+    # random actions never fetch the key, open the door and pick up the ball in 30 steps
+    "grid-keycorridor": (lambda: KeyCorridorEnv("KeyCorridorS3R3", max_steps=30), False, True),
 }
 
 
@@ -195,8 +198,9 @@ def test_navix_goal_reward(semantics: str, expected: float) -> None:
         NavixEnv("Navix-Empty-5x5-v0"),
         XMiniGridEnv("MiniGrid-Empty-5x5"),
         GymnaxEnv("CartPole-v1"),
+        KeyCorridorEnv("KeyCorridorS3R3"),
     ],
-    ids=["navix", "xminigrid", "gymnax"],
+    ids=["navix", "xminigrid", "gymnax", "grid"],
 )
 def test_no_recompilation(env: JaxEnv) -> None:
     keys = jax.random.split(jax.random.key(0), NUM_ENVS)
@@ -305,6 +309,7 @@ def test_every_gymnax_id_constructs_or_is_continuous() -> None:
         "xminigrid:MiniGrid-MemoryS8",
         "xminigrid:MiniGrid-Playground",
         "xminigrid:XLand-MiniGrid-R4-9x9",
+        "grid:KeyCorridorS3R3",
     ],
 )
 def test_state_type_stable(env_id: str) -> None:
