@@ -140,7 +140,7 @@ class _Geometry:
 
     def __init__(self, room_size: int, num_rows: int) -> None:
         s, rows = room_size, num_rows
-        self.room_size, self.rows, self.num_rooms = s, rows, rows * COLUMNS
+        self.room_size, self.rows = s, rows
         self.height, self.width = (s - 1) * rows + 1, (s - 1) * COLUMNS + 1
         h, w = self.height, self.width
         self.cells = h * w
@@ -183,14 +183,29 @@ class _Geometry:
         self.locked_edge = np.array(
             [edges.index((j * COLUMNS + 1, j * COLUMNS + 2)) for j in range(rows)], np.int32
         )
-        self.edge_rooms = np.zeros((len(edges), self.num_rooms, self.num_rooms), dtype=bool)
-        for e, (a, b) in enumerate(edges):
-            self.edge_rooms[e, a, b] = self.edge_rooms[e, b, a] = True
-        self.hallway = np.zeros((self.num_rooms, self.num_rooms), dtype=bool)
-        for j in range(rows - 1):
-            a, b = j * COLUMNS + 1, (j + 1) * COLUMNS + 1
-            self.hallway[a, b] = self.hallway[b, a] = True
-        self.start_room = (rows // 2) * COLUMNS + 1
+        # The side columns (0 and 2) as chains of rooms: the wall from each room to the hallway
+        # room beside it, the wall below each room but the last, and which of those lower walls
+        # lie between rows j and j2 (`between[j, j2, k]`).
+        self.to_hallway = np.array(
+            [
+                [
+                    edges.index((j * COLUMNS + min(c, 1), j * COLUMNS + max(c, 1)))
+                    for j in range(rows)
+                ]
+                for c in (0, 2)
+            ],
+            dtype=np.int32,
+        )
+        self.below = np.array(
+            [
+                [edges.index((j * COLUMNS + c, (j + 1) * COLUMNS + c)) for j in range(rows - 1)]
+                for c in (0, 2)
+            ],
+            dtype=np.int32,
+        ).reshape(2, rows - 1)
+        k = np.arange(rows - 1)
+        j, j2 = np.arange(rows)[:, None, None], np.arange(rows)[None, :, None]
+        self.between = (np.minimum(j, j2) <= k) & (k < np.maximum(j, j2))
 
         # The agent's start: (cell, direction) pairs in the rectangle of the hallway's middle
         # room on a free cell, and the cell each faces. Before `connect_all` such a cell faces
@@ -248,27 +263,22 @@ def generate(g: _Geometry, key: Array) -> tuple[Array, Array, Array]:
     agent_at, direction = jnp.asarray(g.start_cell)[start], start % 4
 
     # connect_all: the candidate walls in a uniformly random order, cut at the shortest prefix
-    # that connects every room. A room is connected from the prefix holding every wall of some
-    # path to it: one past the latest position on the path (hallway and locked door: -1); the
-    # earliest such time per room is a minimax path problem (bottleneck Bellman-Ford).
+    # that connects every room. The hallway column and the locked room (through its door) are
+    # connected from the start; a side-column room j is connected from the prefix holding, for
+    # some room j2 of its column, the wall from j2 to the hallway and the walls between j and j2:
+    # one past the latest position among them. The cut is one past the latest room's.
     locked_room = locked_row * COLUMNS + 2
     room_a, room_b = jnp.asarray(g.edges[:, 0]), jnp.asarray(g.edges[:, 1])
     candidate = (room_a != locked_room) & (room_b != locked_room)
     priority = jnp.where(candidate, order, 2.0)
     rank = jnp.sum(priority[None, :] < priority[:, None], axis=1).astype(jnp.int32)
     never = num_edges + 1
-    time = jnp.where(candidate, rank, never)
-    opens = jnp.min(jnp.where(jnp.asarray(g.edge_rooms), time[:, None, None], never), axis=0)
     locked = jnp.asarray(g.locked_edge)[locked_row] == jnp.arange(num_edges)
-    always = jnp.asarray(g.hallway) | jnp.any(locked[:, None, None] & g.edge_rooms, axis=0)
-    opens = jnp.where(always, -1, opens)
-    since = jnp.where(jnp.arange(g.num_rooms) == g.start_room, -1, never)
-    since = jax.lax.fori_loop(
-        0,
-        g.num_rooms - 1,
-        lambda _, since: jnp.minimum(since, jnp.min(jnp.maximum(since[:, None], opens), axis=0)),
-        since,
-    )
+    time = jnp.where(candidate, rank, jnp.where(locked, -1, never))
+    across = time[jnp.asarray(g.to_hallway)]  # [2, rows]
+    down = time[jnp.asarray(g.below)]  # [2, rows - 1]
+    chain = jnp.max(jnp.where(g.between, down[:, None, None, :], -1), axis=-1, initial=-1)
+    since = jnp.min(jnp.maximum(across[:, None, :], chain), axis=-1)  # [2, rows]
     doors = candidate & (rank <= jnp.max(since))
 
     # Everything onto the walls and floor in one scatter (dropped doors go out of range).
