@@ -1,11 +1,13 @@
 """KeyCorridor in pure JAX: `grid:KeyCorridorS3R3` (also S3R1, S3R2, S4R3, S5R3, S6R3).
 
-The task comes from the MiniGrid suite ("Minimalistic Gridworld Environment for OpenAI Gym",
-MiniGrid; Chevalier-Boisvert, Willems and Pal, 2018; now Farama's Minigrid, Chevalier-Boisvert et
-al. 2023), where KeyCorridor joined the levels of BabyAI (Chevalier-Boisvert et al., ICLR 2019).
-This module is our own implementation written against the behaviour of stock MiniGrid 3.2
-(`minigrid.envs.KeyCorridorEnv`); tests/test_keycorridor.py compares it with the stock env step by
-step. It exists because navix 0.7.4's KeyCorridor cannot be solved.
+The environment comes from the "Minimalistic Gridworld Environment" (MiniGrid; Chevalier-Boisvert,
+Willems and Pal, 2018; now Farama's Minigrid, Chevalier-Boisvert et al., "Minigrid & Miniworld",
+NeurIPS 2023 Datasets and Benchmarks); the KeyCorridor task comes from BabyAI (Chevalier-Boisvert
+et al., ICLR 2019) and is one of the MiniGrid suite's environments. This module is our own
+implementation, written against the behaviour of stock MiniGrid 3.2 (`KeyCorridorEnv`, `RoomGrid`,
+`MiniGridEnv`); tests/test_keycorridor.py compares it with the stock env step by step. It exists
+because navix 0.7.4's KeyCorridor cannot be solved (its doors sit on wall cells and picking up the
+ball never ends the episode).
 
 Layout (``room_size`` S, ``num_rows`` R, three columns of S x S rooms sharing their walls, a grid
 of ``3(S-1)+1`` columns by ``R(S-1)+1`` rows; 7 x 7 for S3R3), drawn from the same distribution
@@ -53,16 +55,24 @@ Observations (``observation`` option), uint8 (object, colour, state) codes of Mi
 
 Known deviations from stock MiniGrid:
 
-* layouts come from JAX's random generator: same distribution, different layouts per seed;
-* no mission string (it is always "pick up the <colour> ball" and the ball is the only ball);
+* layouts come from JAX's random generator: the same distribution (up to float32 resolution of
+  the uniform draws), not the same layouts for the same seed;
+* no mission string (it is always "pick up the <colour> ball", and the ball is the only ball);
 * the auto-reset of `autotelic.envs.base`: `step` resets a finished episode in the same call and
   keeps the real last observation in ``final_obs``;
 * picking up the ball on the horizon step is reported as terminated only (stock also reports
   truncated there);
 * stock's give-up guards (`connect_all` raising after 5000 draws, `place_obj` after 1000 tries)
-  have no counterpart: they never fire on KeyCorridor and the port has nothing to give up on;
-* no rendering and no other object kinds (boxes, goals, lava): KeyCorridor has none;
+  have no counterpart: on KeyCorridor they would need thousands of consecutive unlucky draws;
+* an action outside 0..6 does nothing (stock raises);
+* no rendering, no other object kinds (boxes, goals, lava: KeyCorridor has none) and no
+  ``obj_type`` option (stock's registered KeyCorridors all use the ball);
 * ``symbolic`` draws the agent in, which stock's full-grid encoding leaves out.
+
+Implementation notes (for 256+ envs vmapped on a CPU): the layout is built from one uniform draw
+and one scatter; `connect_all`'s cut is computed in closed form per side column; visibility
+sweeps rows as bit masks in a 7-step scan. Every step also draws the next episode's layout (the
+contract's auto-reset), so reset cost is step cost.
 """
 
 from __future__ import annotations
@@ -271,9 +281,13 @@ def generate(g: _Geometry, key: Array) -> tuple[Array, Array, Array]:
     room_a, room_b = jnp.asarray(g.edges[:, 0]), jnp.asarray(g.edges[:, 1])
     candidate = (room_a != locked_room) & (room_b != locked_room)
     priority = jnp.where(candidate, order, 2.0)
-    rank = jnp.sum(priority[None, :] < priority[:, None], axis=1).astype(jnp.int32)
+    index = jnp.arange(num_edges)
+    earlier = (priority[None, :] < priority[:, None]) | (
+        (priority[None, :] == priority[:, None]) & (index[None, :] < index[:, None])
+    )
+    rank = jnp.sum(earlier, axis=1).astype(jnp.int32)  # a permutation even if draws tie
     never = num_edges + 1
-    locked = jnp.asarray(g.locked_edge)[locked_row] == jnp.arange(num_edges)
+    locked = jnp.asarray(g.locked_edge)[locked_row] == index
     time = jnp.where(candidate, rank, jnp.where(locked, -1, never))
     across = time[jnp.asarray(g.to_hallway)]  # [2, rows]
     down = time[jnp.asarray(g.below)]  # [2, rows - 1]
