@@ -504,10 +504,11 @@ def layout_features(grid: np.ndarray, pos: tuple[int, int], direction: int) -> d
 
 
 def test_layout_distribution_matches_stock() -> None:
-    """Frequencies over 1500 layouts of each: the locked row, the key row, the agent's pose, the
-    number of doors `connect_all` adds and the exact door set given the locked row; the total
-    variation distance between the port's and stock's frequencies stays at sampling noise."""
-    count = 1500
+    """Frequencies over 3000 layouts of each: the locked row, the key row, the agent's pose, the
+    number of doors `connect_all` adds and the exact door set with the locked row (about 120
+    kinds); the total variation distance between the port's and stock's frequencies stays at
+    sampling noise (about 0.1 for the door sets, 0.03 for the rest)."""
+    count = 3000
     ours = layouts("KeyCorridorS3R3", count)
     stock = gym.make("MiniGrid-KeyCorridorS3R3-v0").unwrapped
     theirs = []
@@ -522,7 +523,7 @@ def test_layout_distribution_matches_stock() -> None:
         for g, p, d in zip(ours["grid"], ours["pos"], ours["direction"], strict=True)
     ]
     bounds = {"locked row": 0.05, "key row": 0.05, "agent": 0.08, "number of doors": 0.06}
-    bounds["doors"] = 0.15
+    bounds["doors"] = 0.16
     for feature, bound in bounds.items():
         a = Counter(m[feature] for m in mine)
         b = Counter(t[feature] for t in theirs)
