@@ -293,6 +293,14 @@ def test_spec_and_registry() -> None:
         assert KeyCorridorEnv(name).spec.max_steps == stock.max_steps
 
 
+def test_explanations_name_minigrid_actions_and_channels() -> None:
+    from autotelic.explain.evaluate import action_names, player_names
+
+    spec = envs.make("keycorridor-s3r3").spec
+    assert action_names(spec) == [a.name for a in Actions]
+    assert player_names(spec, "channels") == ["object", "colour", "state"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

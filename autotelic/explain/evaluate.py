@@ -321,7 +321,7 @@ def player_names(spec: Any, players: str) -> list[str]:
     if players == "cells":
         return [f"({row},{col})" for row in range(shape[0]) for col in range(shape[1])]
     if spec.obs_kind == "grid" and len(shape) == 3:
-        if spec.env_id.startswith("navix:") and shape[2] == 3:
+        if spec.env_id.startswith(("navix:", "grid:")) and shape[2] == 3:
             return ["object", "colour", "state"]
         if spec.env_id.startswith("xminigrid:") and shape[2] == 2:
             return ["tile", "colour"]
@@ -341,11 +341,10 @@ def player_groups(spec: Any, players: str) -> np.ndarray:
 
 def action_names(spec: Any) -> list[str]:
     options = dict(spec.options)
-    if (
-        spec.env_id.startswith("navix:")
-        and options.get("semantics") == "minigrid"
-        and spec.num_actions == len(NAVIX_MINIGRID_ACTIONS)
-    ):
+    minigrid_actions = spec.env_id.startswith("grid:") or (
+        spec.env_id.startswith("navix:") and options.get("semantics") == "minigrid"
+    )
+    if minigrid_actions and spec.num_actions == len(NAVIX_MINIGRID_ACTIONS):
         return list(NAVIX_MINIGRID_ACTIONS)
     return [f"action {a}" for a in range(spec.num_actions)]
 
