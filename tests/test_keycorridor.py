@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _minigrid import stock_grid
 from minigrid.core.actions import Actions  # importing minigrid registers its gymnasium ids
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+from minigrid.core.constants import OBJECT_TO_IDX
 from minigrid.core.grid import Grid
 
 import autotelic.envs as envs
@@ -54,14 +55,6 @@ HORIZON = 270
 def port(name: str, observation: str) -> tuple[KeyCorridorEnv, Callable, Callable]:
     env = envs.make(f"grid:{name}", observation=observation)
     return env, jax.jit(env.reset), jax.jit(env.step)
-
-
-def stock_grid(stock: Any) -> np.ndarray:
-    """Stock's full-grid encoding with the agent drawn in, row-major [H, W, 3]."""
-    grid = stock.grid.encode()
-    x, y = stock.agent_pos
-    grid[x, y] = [AGENT, COLOR_TO_IDX["red"], stock.agent_dir]
-    return grid.transpose(1, 0, 2)
 
 
 def agent_pose(obs: np.ndarray) -> tuple[int, int, int]:

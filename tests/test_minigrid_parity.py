@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _minigrid import stock_grid
 from minigrid.core.actions import Actions  # importing minigrid registers its gymnasium ids
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
@@ -79,14 +80,6 @@ def adapter(navix_id: str) -> tuple[NavixEnv, Callable, Callable]:
     return env, jax.jit(env.reset), jax.jit(env.step)
 
 
-def stock_observation(stock: Any) -> np.ndarray:
-    """MiniGrid's full-grid encoding with the agent drawn in, laid out as navix's [H, W, 3]."""
-    grid = stock.grid.encode()
-    x, y = stock.agent_pos
-    grid[x, y] = [AGENT, COLOR_TO_IDX["red"], stock.agent_dir]
-    return grid.transpose(1, 0, 2)
-
-
 def hide_carried_key(obs: np.ndarray) -> np.ndarray:
     """Undo navix's discard-pile artefact: a carried key is drawn at cell (0, W-1), a wall."""
     obs = np.array(obs, copy=True)
@@ -119,7 +112,7 @@ class Pair:
         self.stock.grid, _ = Grid.decode(cells)
         self.stock.agent_pos, self.stock.agent_dir = (col, row), direction
         self.stock.carrying, self.stock.step_count = None, 0
-        np.testing.assert_array_equal(stock_observation(self.stock), obs, err_msg="alignment")
+        np.testing.assert_array_equal(stock_grid(self.stock), obs, err_msg="alignment")
         self.t = 0
 
     @property
@@ -134,7 +127,7 @@ class Pair:
         _, reward, terminated, truncated, _ = self.stock.step(action)
         where = f"step {self.t}, action {Actions(action).name}"
         final_obs = hide_carried_key(np.asarray(ours.final_obs))
-        expected_obs = stock_observation(self.stock)
+        expected_obs = stock_grid(self.stock)
         x, y = self.stock.agent_pos
         assert agent_pose(final_obs) == (y, x, self.stock.agent_dir), where
         np.testing.assert_array_equal(final_obs, expected_obs, err_msg=where)
@@ -249,7 +242,7 @@ def test_empty_layout_is_identical_without_alignment() -> None:
     _, obs = reset(jax.random.PRNGKey(0))
     stock = gym.make("MiniGrid-Empty-5x5-v0").unwrapped
     stock.reset(seed=0)
-    np.testing.assert_array_equal(np.asarray(obs), stock_observation(stock))
+    np.testing.assert_array_equal(np.asarray(obs), stock_grid(stock))
 
 
 @pytest.mark.parametrize("navix_id", list(TASKS))
