@@ -75,8 +75,8 @@ def stock_id(navix_id: str) -> str:
 
 
 @functools.cache
-def adapter(navix_id: str) -> tuple[NavixEnv, Callable, Callable]:
-    env = envs.make(f"navix:{navix_id}")
+def adapter(navix_id: str, observation: str = "symbolic") -> tuple[NavixEnv, Callable, Callable]:
+    env = envs.make(f"navix:{navix_id}", observation=observation)
     return env, jax.jit(env.reset), jax.jit(env.step)
 
 
@@ -113,6 +113,13 @@ class Pair:
         self.stock.agent_pos, self.stock.agent_dir = (col, row), direction
         self.stock.carrying, self.stock.step_count = None, 0
         np.testing.assert_array_equal(stock_grid(self.stock), obs, err_msg="alignment")
+        # The same layout seen through MiniGrid's 7x7 view (`observation=first_person`): the same
+        # key gives the same layout, and the same actions keep both adapters in the same state.
+        _, view_reset, self._view_step = adapter(navix_id, "first_person")
+        self.view_state, view = view_reset(jax.random.PRNGKey(seed))
+        np.testing.assert_array_equal(
+            np.asarray(view), self.stock.gen_obs()["image"], err_msg="alignment, 7x7 view"
+        )
         self.t = 0
 
     @property
@@ -124,8 +131,12 @@ class Pair:
         self.t += 1
         self.key, self.step_key = jax.random.split(self.key)
         self.state, ours = self._step(self.step_key, self.state, jnp.int32(action))
-        _, reward, terminated, truncated, _ = self.stock.step(action)
+        self.view_state, view = self._view_step(self.step_key, self.view_state, jnp.int32(action))
+        stock_view, reward, terminated, truncated, _ = self.stock.step(action)
         where = f"step {self.t}, action {Actions(action).name}"
+        np.testing.assert_array_equal(
+            np.asarray(view.final_obs), stock_view["image"], err_msg=where + ", 7x7 view"
+        )
         final_obs = hide_carried_key(np.asarray(ours.final_obs))
         expected_obs = stock_grid(self.stock)
         x, y = self.stock.agent_pos
@@ -347,3 +358,16 @@ def test_random_action_sequences_match(navix_id: str) -> None:
             if terminated or truncated:
                 break
     assert compared >= 100
+
+
+def test_navix_first_person_is_navixs_see_through_crop() -> None:
+    # navix's own crop (kept as observation=navix_first_person) sees through walls: no cell is
+    # ever unseen; MiniGrid's view of the same DoorKey layout hides the cells behind the wall.
+    key = jax.random.PRNGKey(0)
+    ours = envs.make("navix:Navix-DoorKey-8x8-v0", observation="first_person")
+    theirs = envs.make("navix:Navix-DoorKey-8x8-v0", observation="navix_first_person")
+    assert ours.spec.obs_shape == theirs.spec.obs_shape == (7, 7, 3)
+    _, view = jax.jit(ours.reset)(key)
+    _, crop = jax.jit(theirs.reset)(key)
+    assert np.any(np.asarray(view)[..., 0] == OBJECT_TO_IDX["unseen"])
+    assert not np.any(np.asarray(crop)[..., 0] == OBJECT_TO_IDX["unseen"])

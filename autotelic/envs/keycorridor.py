@@ -87,17 +87,30 @@ import numpy as np
 
 from ..errors import UserError, unknown
 from .base import EnvSpec, StepResult, strong_types, tree_select
+from .minigrid_view import (
+    AGENT,
+    BALL,
+    CLOSED,
+    DOOR,
+    EMPTY,
+    GREY,
+    KEY,
+    LOCKED,
+    OPEN,
+    RED,
+    STEPS,
+    VIEW,
+    WALL,
+    code,
+    egocentric_view,
+)
 from .navix_env import SYMBOLIC_CATEGORIES
 
 Array = jax.Array
 
-# MiniGrid's object, colour and door-state codes.
-UNSEEN, EMPTY, WALL, FLOOR, DOOR, KEY, BALL, BOX, GOAL, LAVA, AGENT = range(11)
-RED, GREY, NUM_COLOURS = 0, 5, 6
-OPEN, CLOSED, LOCKED = 0, 1, 2
+NUM_COLOURS = 6
 LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE, DONE = range(7)
 NUM_ACTIONS = 7
-VIEW = 7  # MiniGrid's agent_view_size
 OBSERVATIONS = ("first_person", "symbolic")
 
 # The configurations stock MiniGrid registers: id -> (room_size, num_rows).
@@ -111,30 +124,9 @@ SIZES = {
 }
 COLUMNS = 3
 
-# (row, column) step of each direction: 0 right, 1 down, 2 left, 3 up (MiniGrid's DIR_TO_VEC).
-STEPS = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]], dtype=np.int32)
-
 
 def keycorridor_ids() -> list[str]:
     return sorted(SIZES)
-
-
-def _view_offsets() -> np.ndarray:
-    """int32[4, 7, 7, 2]: (row, column) offset from the agent of view cell [x, y], per direction.
-
-    The view cell [x, y] lies 6 - y cells ahead of the agent and x - 3 cells to its right (stock's
-    `get_view_coords`, inverted).
-    """
-    offsets = np.zeros((4, VIEW, VIEW, 2), dtype=np.int32)
-    for direction, ahead in enumerate(STEPS):
-        right = STEPS[(direction + 1) % 4]
-        for x in range(VIEW):
-            for y in range(VIEW):
-                offsets[direction, x, y] = ahead * (VIEW - 1 - y) + right * (x - VIEW // 2)
-    return offsets
-
-
-VIEW_OFFSETS = _view_offsets()
 
 
 class KeyCorridorState(NamedTuple):
@@ -229,10 +221,6 @@ class _Geometry:
         self.start_front = front.ravel().astype(np.int32)
 
 
-def _code(kind: int, colour: Array | int, state: Array | int = 0) -> Array:
-    return jnp.stack([jnp.asarray(kind), jnp.asarray(colour), jnp.asarray(state)]).astype(jnp.uint8)
-
-
 def _pick(u: Array, allowed: Array) -> Array:
     """Index of a uniformly drawn True entry of `allowed` (1-D), from one uniform `u` in [0, 1)."""
     n = allowed.shape[0]
@@ -315,32 +303,6 @@ def generate(g: _Geometry, key: Array) -> tuple[Array, Array, Array]:
     return grid, agent_at, direction
 
 
-def visible(transparent: Array) -> Array:
-    """Stock's `Grid.process_vis` for a view `[x, y]` with the agent at [3, 6]: bool[7, 7].
-
-    Stock sweeps the rows from the agent's up. In each row, visibility spreads sideways from the
-    row's seed cells, leaving only cells one can see past (a left-to-right then a right-to-left
-    pass, which together reach exactly the cells joined to a seed through see-through cells);
-    every visible see-through cell then seeds the row above at its own column and the two beside
-    it. Rows are bit masks here (bit x for column x), swept by a scan.
-    """
-    size = transparent.shape[0]
-    full = (1 << size) - 1
-    bits = jnp.sum(jnp.where(transparent, 1 << jnp.arange(size)[:, None], 0), axis=0)  # [y]
-
-    def row_up(seed: Array, see_past: Array) -> tuple[Array, Array]:
-        rightward, leftward = seed, seed
-        for _ in range(size - 1):
-            rightward = rightward | (((rightward & see_past) << 1) & full)
-            leftward = leftward | ((leftward & see_past) >> 1)
-        row = rightward | leftward
-        spread = row & see_past
-        return (spread | (spread << 1) | (spread >> 1)) & full, row
-
-    _, rows = jax.lax.scan(row_up, jnp.int32(1 << (size // 2)), bits[::-1])
-    return ((rows[::-1][None, :] >> jnp.arange(size)[:, None]) & 1) == 1
-
-
 @dataclass(frozen=True)
 class KeyCorridorEnv:
     """MiniGrid's KeyCorridor behind the `JaxEnv` contract (see the module docstring)."""
@@ -409,7 +371,7 @@ class KeyCorridorEnv:
     def symbolic(self, state: KeyCorridorState) -> Array:
         """The full grid `[H, W, 3]` with the agent drawn in."""
         g = self._geometry
-        agent = _code(AGENT, RED, state.direction)
+        agent = code(AGENT, RED, state.direction)
         here = (jnp.arange(g.height)[:, None] == state.pos[0]) & (
             jnp.arange(g.width)[None, :] == state.pos[1]
         )
@@ -417,23 +379,7 @@ class KeyCorridorEnv:
 
     def first_person(self, state: KeyCorridorState) -> Array:
         """MiniGrid's egocentric view `[7, 7, 3]`, indexed [x, y] like stock's `obs["image"]`."""
-        g = self._geometry
-        where = state.pos + jnp.asarray(VIEW_OFFSETS)[state.direction]  # [7, 7, 2]
-        inside = (
-            (where[..., 0] >= 0)
-            & (where[..., 0] < g.height)
-            & (where[..., 1] >= 0)
-            & (where[..., 1] < g.width)
-        )
-        flat = jnp.clip(where[..., 0], 0, g.height - 1) * g.width + jnp.clip(
-            where[..., 1], 0, g.width - 1
-        )
-        view = state.grid.reshape(-1, 3)[flat]
-        view = jnp.where(inside[..., None], view, _code(WALL, GREY))
-        kind, door = view[..., 0], view[..., 2]
-        transparent = (kind != WALL) & ((kind != DOOR) | (door == OPEN))
-        view = jnp.where(visible(transparent)[..., None], view, jnp.uint8(UNSEEN))
-        return view.at[VIEW // 2, VIEW - 1].set(state.carrying)
+        return egocentric_view(state.grid, state.pos, state.direction, state.carrying)
 
     def _observe(self, state: KeyCorridorState) -> Array:
         return (
@@ -450,7 +396,7 @@ class KeyCorridorEnv:
                 grid=grid.reshape(g.height, g.width, 3),
                 pos=jnp.stack([agent_at // g.width, agent_at % g.width]).astype(jnp.int32),
                 direction=direction.astype(jnp.int32),
-                carrying=_code(EMPTY, 0),
+                carrying=code(EMPTY, 0),
                 t=jnp.zeros((), dtype=jnp.int32),
             )
         )
@@ -482,14 +428,14 @@ class KeyCorridorEnv:
         fits = (carrying[0] == KEY) & (carrying[1] == colour)
         toggled = jnp.where(door == LOCKED, jnp.where(fits, OPEN, LOCKED), OPEN + CLOSED - door)
         toggles = (action == TOGGLE) & (kind == DOOR)
-        empty = _code(EMPTY, 0)
+        empty = code(EMPTY, 0)
         new_cell = jnp.where(
             picks,
             empty,
             jnp.where(
                 drops,
                 carrying,
-                jnp.where(toggles, _code(DOOR, colour, toggled), cell),
+                jnp.where(toggles, code(DOOR, colour, toggled), cell),
             ),
         )
         grid = jnp.where((jnp.arange(grid.shape[0]) == ahead_at)[:, None], new_cell, grid)

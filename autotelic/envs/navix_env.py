@@ -20,10 +20,17 @@ Either way the adapter never exposes navix's deferred auto-reset (navix resets o
 a terminal step, and that call swallows the action): it steps the real dynamics and resets in the
 same call, so every step the learner sees is a real transition.
 
-Observations (`observation` option): ``symbolic`` (default) is navix's fully observable grid
-``[H, W, 3]`` of (object, colour, state) codes; ``first_person`` is navix's egocentric
-``[7, 7, 3]`` crop centred on the agent (not MiniGrid's forward view: no occlusion, agent in the
-centre).
+Observations (`observation` option):
+
+* ``symbolic`` (default): navix's fully observable grid ``[H, W, 3]`` of (object, colour, state)
+  codes, the agent drawn in as (agent, red, direction);
+* ``first_person``: MiniGrid's egocentric ``[7, 7, 3]`` view, exactly stock MiniGrid's
+  ``obs["image"]`` (`autotelic.envs.minigrid_view`: the window ahead of the agent, occlusion by
+  walls and closed doors, the carried key shown at the agent's cell), computed from the symbolic
+  grid; tests/test_minigrid_parity.py compares it with stock's after every step;
+* ``navix_first_person``: navix's own ``symbolic_first_person`` crop, which sees through walls
+  and never shows what is carried (kept for comparison; before 2026-11-22 this was what
+  ``first_person`` meant).
 """
 
 from __future__ import annotations
@@ -38,6 +45,16 @@ import jax.numpy as jnp
 
 from ..errors import UserError
 from .base import EnvSpec, StepResult, strong_types, tree_select
+from .minigrid_view import (
+    EMPTY,
+    GREY,
+    KEY,
+    SEE_THROUGH_FAMILIES,
+    VIEW,
+    WALL,
+    code,
+    egocentric_view,
+)
 
 Array = jax.Array
 
@@ -45,7 +62,7 @@ Array = jax.Array
 # state (direction 0..3 for the agent, open/closed/locked 0..2 for doors).
 SYMBOLIC_CATEGORIES = (11, 7, 4)
 SEMANTICS = ("minigrid", "navix")
-OBSERVATIONS = ("symbolic", "first_person")
+OBSERVATIONS = ("symbolic", "first_person", "navix_first_person")
 
 
 def navix_ids() -> list[str]:
@@ -127,6 +144,24 @@ def minigrid_toggle(state: Any) -> Any:
     return state.set_events(events)
 
 
+def minigrid_first_person(grid: Array, state: Any, see_through_walls: bool = False) -> Array:
+    """MiniGrid's 7x7 view (see `autotelic.envs.minigrid_view`) of a navix state whose symbolic
+    grid is `grid: uint8[H, W, 3]`.
+
+    navix parks a carried key at grid cell (0, W-1), a corner of the outer wall, so the symbolic
+    grid shows the carried key there: it is read off as the carried object and the corner is
+    restored to the wall it is in MiniGrid.
+    """
+    corner = grid[0, -1]
+    carried = corner[0] == KEY
+    carrying = jnp.where(carried, corner, code(EMPTY, 0))
+    grid = grid.at[0, -1].set(jnp.where(carried, code(WALL, GREY), corner))
+    player = state.get_player(idx=0)
+    position = jnp.asarray(player.position, jnp.int32).reshape(2)
+    direction = jnp.asarray(player.direction, jnp.int32)
+    return egocentric_view(grid, position, direction, carrying, see_through_walls)
+
+
 def minigrid_action_set() -> tuple[Any, ...]:
     """MiniGrid's seven actions in MiniGrid's order, with MiniGrid's ``drop`` and ``toggle``."""
     from navix import actions
@@ -176,11 +211,11 @@ class NavixEnv:
     def _env(self) -> Any:
         import navix
 
-        observation_fn = (
-            navix.observations.symbolic
-            if self.observation == "symbolic"
-            else navix.observations.symbolic_first_person
-        )
+        observation_fn = {
+            "symbolic": navix.observations.symbolic,
+            "first_person": navix.observations.symbolic,  # the view is cut from it in _observe
+            "navix_first_person": navix.observations.symbolic_first_person,
+        }[self.observation]
         probe = navix.make(self.navix_id)
         if self.max_steps is not None:
             horizon = self.max_steps
@@ -200,10 +235,17 @@ class NavixEnv:
             self.navix_id, max_steps=horizon, observation_fn=observation_fn, **dynamics
         )
 
+    @property
+    def _see_through_walls(self) -> bool:
+        family = self.navix_id.removeprefix("Navix-")
+        return family.startswith(SEE_THROUGH_FAMILIES)
+
     @cached_property
     def spec(self) -> EnvSpec:
         env = self._env
-        obs_shape = (env.height, env.width, 3) if self.observation == "symbolic" else (7, 7, 3)
+        obs_shape = (
+            (env.height, env.width, 3) if self.observation == "symbolic" else (VIEW, VIEW, 3)
+        )
         reward = (
             "1 - 0.9*t/T on success (MiniGrid)" if self.semantics == "minigrid" else "1 on goal"
         )
@@ -223,9 +265,12 @@ class NavixEnv:
             ),
         )
 
-    def _observe(self, observation: jax.Array) -> jax.Array:
+    def _observe(self, timestep: Any) -> jax.Array:
         limits = jnp.asarray(SYMBOLIC_CATEGORIES, dtype=jnp.uint8) - 1
-        return jnp.minimum(observation.astype(jnp.uint8), limits)
+        observation = jnp.minimum(timestep.observation.astype(jnp.uint8), limits)
+        if self.observation == "first_person":
+            return minigrid_first_person(observation, timestep.state, self._see_through_walls)
+        return observation
 
     def _fresh(self, key: jax.Array) -> Any:
         from navix.rendering.cache import RenderingCache
@@ -237,7 +282,7 @@ class NavixEnv:
 
     def reset(self, key: jax.Array) -> tuple[Any, jax.Array]:
         timestep = self._fresh(key)
-        return timestep, self._observe(timestep.observation)
+        return timestep, self._observe(timestep)
 
     def step(self, key: jax.Array, state: Any, action: jax.Array) -> tuple[Any, StepResult]:
         # `_step` is navix's real transition; its public `step` would first reset a finished
@@ -255,8 +300,8 @@ class NavixEnv:
         done = terminated | truncated
         fresh = self._fresh(key)
         new_state = tree_select(done, fresh, nxt)
-        final_obs = self._observe(nxt.observation)
-        obs = jnp.where(done, self._observe(fresh.observation), final_obs)
+        final_obs = self._observe(nxt)
+        obs = jnp.where(done, self._observe(fresh), final_obs)
         return new_state, StepResult(
             obs=obs,
             reward=reward,
