@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _minigrid import stock_grid
+from _minigrid import LockstepPair, agent_pose, align
 from minigrid.core.actions import Actions  # importing minigrid registers its gymnasium ids
 from minigrid.core.constants import OBJECT_TO_IDX
-from minigrid.core.grid import Grid
 
 import autotelic.envs as envs
 from autotelic.envs.keycorridor import SIZES, KeyCorridorEnv
@@ -57,71 +56,30 @@ def port(name: str, observation: str) -> tuple[KeyCorridorEnv, Callable, Callabl
     return env, jax.jit(env.reset), jax.jit(env.step)
 
 
-def agent_pose(obs: np.ndarray) -> tuple[int, int, int]:
-    cells = np.argwhere(obs[..., 0] == AGENT)
-    assert len(cells) == 1, f"expected one agent cell, found {len(cells)}"
-    row, col = cells[0]
-    return int(row), int(col), int(obs[row, col, 2])
-
-
-def align(stock: Any, obs: np.ndarray) -> None:
+def align_corridor(stock: Any, obs: np.ndarray) -> None:
     """Put the layout of a port's symbolic observation into a reset stock env."""
-    row, col, direction = agent_pose(obs)
-    cells = obs.transpose(1, 0, 2).copy()  # MiniGrid indexes grids [x, y]
-    cells[col, row] = [OBJECT_TO_IDX["empty"], 0, 0]
-    stock.grid, _ = Grid.decode(cells)
-    stock.agent_pos, stock.agent_dir = (col, row), direction
-    stock.carrying, stock.step_count = None, 0
+    align(stock, obs)
     balls = [c for c in stock.grid.grid if c is not None and c.type == "ball"]
     assert len(balls) == 1
     stock.obj = balls[0]  # stock ends the episode when exactly this object is picked up
 
 
-class Pair:
+class Pair(LockstepPair):
     """The port (symbolic and first-person, same keys) and stock MiniGrid, in lockstep."""
 
     def __init__(self, seed: int, name: str = "KeyCorridorS3R3") -> None:
         self.env, reset, self._step = port(name, "symbolic")
-        _, fp_reset, self._fp_step = port(name, "first_person")
+        _, fp_reset, self._view_step = port(name, "first_person")
         key = jax.random.PRNGKey(seed)
         self.state, obs = reset(key)
-        self.fp_state, fp_obs = fp_reset(key)
+        self.view_state, fp_obs = fp_reset(key)
         self.key = jax.random.PRNGKey(10_000 + seed)
         self.stock = gym.make(f"MiniGrid-{name}-v0").unwrapped
         self.stock.reset(seed=seed)
-        align(self.stock, np.asarray(obs))
-        np.testing.assert_array_equal(stock_grid(self.stock), obs, err_msg="alignment")
+        align_corridor(self.stock, np.asarray(obs))
         image = self.stock.gen_obs()["image"]
         np.testing.assert_array_equal(np.asarray(fp_obs), image, err_msg="first view")
         self.t = 0
-
-    def step(self, action: int) -> tuple[float, bool, bool, Any]:
-        """Step all three, check every compared quantity, return stock's (r, te, tr) and ours."""
-        self.t += 1
-        self.key, self.step_key = jax.random.split(self.key)
-        self.state, ours = self._step(self.step_key, self.state, jnp.int32(action))
-        self.fp_state, fp = self._fp_step(self.step_key, self.fp_state, jnp.int32(action))
-        stock_obs, reward, terminated, truncated, _ = self.stock.step(action)
-        where = f"step {self.t}, action {Actions(action).name}"
-        final_obs = np.asarray(ours.final_obs)
-        x, y = self.stock.agent_pos
-        assert agent_pose(final_obs) == (y, x, self.stock.agent_dir), where
-        np.testing.assert_array_equal(final_obs, stock_grid(self.stock), err_msg=where)
-        np.testing.assert_array_equal(np.asarray(fp.final_obs), stock_obs["image"], where)
-        assert float(ours.reward) == pytest.approx(reward, abs=1e-6), where
-        assert bool(ours.terminated) == terminated, where
-        assert bool(ours.truncated) == (truncated and not terminated), where
-        assert bool(ours.success) == (terminated and reward > 0), where
-        for field in ("reward", "terminated", "truncated"):
-            assert bool(np.all(getattr(fp, field) == getattr(ours, field))), where
-        return reward, terminated, truncated, ours
-
-    def run(self, actions: list[int]) -> tuple[float, bool, bool]:
-        reward, terminated, truncated = 0.0, False, False
-        for i, action in enumerate(actions):
-            assert not (terminated or truncated), f"episode ended before action {i}"
-            reward, terminated, truncated, _ = self.step(action)
-        return reward, terminated, truncated
 
 
 Goal = Callable[[Any, bool], bool]

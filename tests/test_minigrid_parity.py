@@ -35,13 +35,11 @@ from typing import Any
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from _minigrid import stock_grid
+from _minigrid import LockstepPair, align, stock_grid
 from minigrid.core.actions import Actions  # importing minigrid registers its gymnasium ids
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
-from minigrid.core.grid import Grid
 
 import autotelic.envs as envs
 from autotelic.envs.navix_env import NavixEnv, navix_ids
@@ -88,15 +86,7 @@ def hide_carried_key(obs: np.ndarray) -> np.ndarray:
     return obs
 
 
-def agent_pose(obs: np.ndarray) -> tuple[int, int, int]:
-    """(row, col, direction) of the agent in a navix symbolic observation."""
-    cells = np.argwhere(obs[..., 0] == AGENT)
-    assert len(cells) == 1, f"expected one agent cell, found {len(cells)}"
-    row, col = cells[0]
-    return int(row), int(col), int(obs[row, col, 2])
-
-
-class Pair:
+class Pair(LockstepPair):
     """The adapter and a stock MiniGrid env on the same layout, stepped in lockstep."""
 
     def __init__(self, navix_id: str, seed: int) -> None:
@@ -106,13 +96,7 @@ class Pair:
         obs = np.asarray(obs)
         self.stock = gym.make(stock_id(navix_id)).unwrapped
         self.stock.reset(seed=seed)
-        row, col, direction = agent_pose(obs)
-        cells = obs.transpose(1, 0, 2).copy()  # MiniGrid indexes grids [x, y]
-        cells[col, row] = [OBJECT_TO_IDX["empty"], 0, 0]
-        self.stock.grid, _ = Grid.decode(cells)
-        self.stock.agent_pos, self.stock.agent_dir = (col, row), direction
-        self.stock.carrying, self.stock.step_count = None, 0
-        np.testing.assert_array_equal(stock_grid(self.stock), obs, err_msg="alignment")
+        align(self.stock, obs)
         # The same layout seen through MiniGrid's 7x7 view (`observation=first_person`): the same
         # key gives the same layout, and the same actions keep both adapters in the same state.
         _, view_reset, self._view_step = adapter(navix_id, "first_person")
@@ -126,34 +110,8 @@ class Pair:
     def horizon(self) -> int:
         return self.env.spec.max_steps
 
-    def step(self, action: int) -> tuple[float, bool, bool, Any]:
-        """Step both envs, check every compared quantity, return the stock's (r, te, tr)."""
-        self.t += 1
-        self.key, self.step_key = jax.random.split(self.key)
-        self.state, ours = self._step(self.step_key, self.state, jnp.int32(action))
-        self.view_state, view = self._view_step(self.step_key, self.view_state, jnp.int32(action))
-        stock_view, reward, terminated, truncated, _ = self.stock.step(action)
-        where = f"step {self.t}, action {Actions(action).name}"
-        np.testing.assert_array_equal(
-            np.asarray(view.final_obs), stock_view["image"], err_msg=where + ", 7x7 view"
-        )
-        final_obs = hide_carried_key(np.asarray(ours.final_obs))
-        expected_obs = stock_grid(self.stock)
-        x, y = self.stock.agent_pos
-        assert agent_pose(final_obs) == (y, x, self.stock.agent_dir), where
-        np.testing.assert_array_equal(final_obs, expected_obs, err_msg=where)
-        assert float(ours.reward) == pytest.approx(reward, abs=1e-6), where
-        assert bool(ours.terminated) == terminated, where
-        assert bool(ours.truncated) == (truncated and not terminated), where
-        assert bool(ours.success) == (terminated and reward > 0), where
-        return reward, terminated, truncated, ours
-
-    def run(self, actions: list[int]) -> tuple[float, bool, bool]:
-        reward, terminated, truncated = 0.0, False, False
-        for i, action in enumerate(actions):
-            assert not (terminated or truncated), f"episode ended before action {i}"
-            reward, terminated, truncated, _ = self.step(action)
-        return reward, terminated, truncated
+    def symbolic(self, ours: Any) -> np.ndarray:
+        return hide_carried_key(np.asarray(ours.final_obs))
 
 
 def plan(stock: Any, reached: Callable[[Any], bool], actions: tuple[int, ...]) -> list[int]:
