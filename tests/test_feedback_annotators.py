@@ -159,11 +159,13 @@ class FakeChatServer:
             "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
         }
-        send(200, json.dumps(payload).encode())
         if fault != "nolabel":
+            # Counted before the reply leaves: counted after, a client that returns as soon as
+            # it has read the reply could be checked before this thread gets to count it.
             with self.lock:
                 for caption in captions:
                     self.delivered[caption] += 1
+        send(200, json.dumps(payload).encode())
 
 
 def make_annotator(server: FakeChatServer, **overrides) -> ChatAnnotator:
@@ -171,7 +173,7 @@ def make_annotator(server: FakeChatServer, **overrides) -> ChatAnnotator:
         "base_url": server.url,
         "model": "test-model",
         "task": "Go down the stairs and collect gold.",
-        "timeout": 0.3,
+        "timeout": 0.6,  # "slow" (0.2 s) must beat it even on a loaded machine; "timeout" (1 s) not
         "retries": 3,
         "backoff_base": 0.01,
         "backoff_max": 0.05,
