@@ -29,6 +29,7 @@ import autotelic.envs as envs
 from autotelic import runs
 from autotelic.errors import UserError
 from autotelic.rewards.base import RewardSource, Transition, build_sources
+from autotelic.rewards.count import CountState, count_visits
 from autotelic.rewards.rnd import Distiller
 
 GRID_ENV = "navix:Navix-Empty-5x5-v0"
@@ -171,6 +172,46 @@ def test_exact_count_is_exact_under_slot_collisions_and_reports_a_full_table() -
     assert int(metrics["distinct_states"]) == 8
     assert float(metrics["table_load"]) == 1.0
     assert int(metrics["overflow"]) == 1
+
+
+def test_count_table_matches_sequential_linear_probing_across_vmapped_tables() -> None:
+    # All N visits of a step are placed at once; the counts must equal one-visit-at-a-time
+    # linear probing, per table, under vmap over seeds too. Keys are drawn from a small pool and
+    # many share a start slot (equal low bits) in a 64-slot table, so groups of equal keys,
+    # probe chains and several new keys racing for one empty slot all occur; 40 distinct keys
+    # never fill the table.
+    size, seeds, num, steps = 64, 3, 16, 12
+    rng = np.random.default_rng(0)
+    pool_a = (rng.integers(0, 8, 40) + size * rng.integers(0, 2**20, 40)).astype(np.uint32)
+    pool_b = rng.integers(0, 2**32, 40, dtype=np.uint64).astype(np.uint32)
+    picks = rng.integers(0, 40, (steps, seeds, num))
+    empty = jnp.zeros((seeds, size), jnp.uint32)
+    state = CountState(
+        counts=jnp.zeros((seeds, size), jnp.int32),
+        key_a=empty,
+        key_b=empty,
+        projection=jnp.zeros((seeds, 0, 1)),
+        overflow=jnp.zeros((seeds,), jnp.int32),
+    )
+    visits = jax.jit(jax.vmap(count_visits))
+    tables: list[dict[int, list[int]]] = [{} for _ in range(seeds)]  # slot -> [key index, n]
+    for step in range(steps):
+        state, n = visits(state, jnp.asarray(pool_a[picks[step]]), jnp.asarray(pool_b[picks[step]]))
+        for seed in range(seeds):
+            expected = []
+            for key in picks[step, seed]:
+                slot = int(pool_a[key]) % size
+                while slot in tables[seed] and tables[seed][slot][0] != key:
+                    slot = (slot + 1) % size
+                entry = tables[seed].setdefault(slot, [key, 0])
+                entry[1] += 1
+                expected.append(entry[1])
+            np.testing.assert_array_equal(np.asarray(n[seed]), expected)
+    for seed in range(seeds):
+        held = {int(k): c for k, c in tables[seed].values()}
+        counts = np.asarray(state.counts[seed])
+        assert sorted(counts[counts > 0]) == sorted(held.values())
+        assert int(state.overflow[seed]) == 0
 
 
 def test_simhash_counts_identical_observations_together_and_far_ones_apart() -> None:
