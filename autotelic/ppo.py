@@ -28,7 +28,7 @@ from . import sil as self_imitation
 from .config import Config
 from .envs.base import JaxEnv, StepResult
 from .networks import Network, make_network
-from .rewards.base import HeadConfig, RewardSource, Transition
+from .rewards.base import HeadConfig, RewardSource, Transition, merge_moments
 
 Array = jax.Array
 
@@ -163,17 +163,10 @@ def update_norm(
         return running, out
 
     last, returns = jax.lax.scan(discount, norm.discounted_return, (rewards, dones))
-    batch_mean, batch_var = returns.mean(), returns.var()
     batch_count = jnp.asarray(returns.size, jnp.float32)
-    delta = batch_mean - norm.mean
-    total = norm.count + batch_count
-    mean = norm.mean + delta * batch_count / total
-    m2 = (
-        norm.var * norm.count
-        + batch_var * batch_count
-        + delta**2 * norm.count * batch_count / total
+    mean, var, total = merge_moments(
+        norm.mean, norm.var, norm.count, returns.mean(), returns.var(), batch_count
     )
-    var = m2 / total
     new = NormState(last, mean, var, total)
     return new, rewards / jnp.sqrt(var + 1e-8)
 

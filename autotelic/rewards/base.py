@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from ..config import from_dict
 from ..envs.base import EnvSpec
@@ -58,6 +59,17 @@ class Transition(NamedTuple):
     @property
     def done(self) -> Array:
         return self.terminated | self.truncated
+
+
+def merge_moments(
+    mean: Array, var: Array, count: Array, batch_mean: Array, batch_var: Array, batch_count: Array
+) -> tuple[Array, Array, Array]:
+    """Running (mean, var, count) with a batch's moments folded in: the parallel-variance
+    combination of Chan, Golub & LeVeque 1979. With `count == 0` it returns the batch's."""
+    delta = batch_mean - mean
+    total = count + batch_count
+    m2 = var * count + batch_var * batch_count + jnp.square(delta) * count * batch_count / total
+    return mean + delta * batch_count / total, m2 / total, total
 
 
 class RewardSource(NamedTuple):

@@ -43,7 +43,7 @@ import optax
 from ..envs.base import EnvSpec
 from ..errors import UserError
 from ..networks import grid_one_hot
-from .base import HeadConfig, RewardSource, SourceEntry, Transition, register
+from .base import HeadConfig, RewardSource, SourceEntry, Transition, merge_moments, register
 
 Array = jax.Array
 
@@ -115,16 +115,7 @@ def update_moments(stats: ObsStats, x: Array) -> ObsStats:
     """Fold a batch `x: [B, D]` into running moments (the parallel-variance combination of
     Chan, Golub, LeVeque 1979). With `count == 0` the result is exactly the batch's moments."""
     batch_count = jnp.asarray(x.shape[0], jnp.float32)
-    batch_mean, batch_var = x.mean(0), x.var(0)
-    delta = batch_mean - stats.mean
-    total = stats.count + batch_count
-    mean = stats.mean + delta * batch_count / total
-    m2 = (
-        stats.var * stats.count
-        + batch_var * batch_count
-        + jnp.square(delta) * stats.count * batch_count / total
-    )
-    return ObsStats(mean, m2 / total, total)
+    return ObsStats(*merge_moments(*stats, x.mean(0), x.var(0), batch_count))
 
 
 class FeatureMLP(nn.Module):
