@@ -13,6 +13,7 @@ All functions are pure and jit/vmap-able; an adapter instance is a static, hasha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -79,6 +80,30 @@ class JaxEnv(Protocol):
 def tree_select(condition: Array, on_true: Any, on_false: Any) -> Any:
     """Leaf-wise `where(condition, on_true, on_false)` for a scalar condition."""
     return jax.tree_util.tree_map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
+def auto_reset(
+    nxt: Any,
+    fresh: Any,
+    observe: Callable[[Any], Array],
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    success: Array,
+) -> tuple[Any, StepResult]:
+    """The auto-reset epilogue of `step`: the real transition to state `nxt`, and, when its
+    episode ended, the `fresh` state in its place, with `obs` its first observation while
+    `final_obs` keeps the real s_{t+1}. A terminal step is reported as terminated, not truncated."""
+    done = terminated | truncated
+    final_obs = observe(nxt)
+    return tree_select(done, fresh, nxt), StepResult(
+        obs=jnp.where(done, observe(fresh), final_obs),
+        reward=reward,
+        terminated=terminated,
+        truncated=truncated & ~terminated,
+        final_obs=final_obs,
+        success=success,
+    )
 
 
 def strong_types(tree: Any) -> Any:

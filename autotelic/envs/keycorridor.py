@@ -86,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError, unknown
-from .base import EnvSpec, StepResult, strong_types, tree_select
+from .base import EnvSpec, StepResult, auto_reset, strong_types
 from .minigrid_view import (
     AGENT,
     BALL,
@@ -457,15 +457,6 @@ class KeyCorridorEnv:
         self, key: Array, state: KeyCorridorState, action: Array
     ) -> tuple[KeyCorridorState, StepResult]:
         nxt, reward, terminated, truncated = self.transition(state, action)
-        done = terminated | truncated
-        fresh = self._fresh(key)
-        final_obs = self._observe(nxt)
-        obs = jnp.where(done, self._observe(fresh), final_obs)
-        return tree_select(done, fresh, nxt), StepResult(
-            obs=obs,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated & ~terminated,
-            final_obs=final_obs,
-            success=terminated,
+        return auto_reset(
+            nxt, self._fresh(key), self._observe, reward, terminated, truncated, terminated
         )

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import UserError
-from .base import EnvSpec, StepResult, strong_types, tree_select
+from .base import EnvSpec, StepResult, auto_reset, strong_types
 from .minigrid_view import (
     EMPTY,
     GREY,
@@ -297,16 +297,6 @@ class NavixEnv:
             reward = jnp.where(success, 1.0 - 0.9 * progress, jnp.minimum(raw_reward, 0.0))
         else:
             reward = raw_reward
-        done = terminated | truncated
-        fresh = self._fresh(key)
-        new_state = tree_select(done, fresh, nxt)
-        final_obs = self._observe(nxt)
-        obs = jnp.where(done, self._observe(fresh), final_obs)
-        return new_state, StepResult(
-            obs=obs,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated & ~terminated,
-            final_obs=final_obs,
-            success=success,
+        return auto_reset(
+            nxt, self._fresh(key), self._observe, reward, terminated, truncated, success
         )
