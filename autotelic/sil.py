@@ -226,6 +226,19 @@ def make_optimizer(config: SILConfig, learning_rate: float, max_grad_norm: float
     )
 
 
+def sample(key: Array, probs: Array, size: int) -> Array:
+    """`size` indices drawn with replacement with P(i) = probs_i (`probs: [C]`, summing to 1 or
+    all zero), by inverse-CDF sampling; an index with probability 0 is never drawn.
+
+    (A categorical draw by the Gumbel-max trick would draw size x C noise: 8M numbers per SIL
+    step at the defaults, 2.3 s of a 2.8 s PPO update on 2 cores.)
+    """
+    cdf = jnp.cumsum(probs)
+    last = probs.shape[0] - 1 - jnp.argmax((probs > 0)[::-1])  # where u rounding up to 1 lands
+    u = jax.random.uniform(key, (size,)) * cdf[-1]
+    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), last)
+
+
 def train(
     config: SILConfig,
     state: SILState,
@@ -244,14 +257,13 @@ def train(
     count = state.valid.sum()
     scaled = jnp.where(state.valid, jnp.power(state.priority + 1e-6, config.alpha), 0.0)
     probs = scaled / jnp.maximum(scaled.sum(), 1e-12)
-    logp = jnp.where(state.valid, jnp.log(jnp.maximum(probs, 1e-30)), -jnp.inf)
     any_stored = count > 0
 
     def grad_step(
         carry: tuple[Any, Any, Array], k: Array
     ) -> tuple[tuple[Any, Any, Array], tuple[Array, dict[str, Array]]]:
         params, opt_state, priority = carry
-        index = jax.random.categorical(k, logp, shape=(config.batch_size,))
+        index = sample(k, probs, config.batch_size)
         weight = jnp.power(jnp.maximum(count, 1) * probs[index], -config.beta)
         weight = weight / jnp.maximum(weight.max(), 1e-12)
 

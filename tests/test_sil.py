@@ -194,6 +194,21 @@ def test_loss_matches_the_formula() -> None:
     assert np.all(np.asarray(g[1]) == 0.0)  # R < V: no gradient
 
 
+def test_prioritized_sampling_follows_the_probabilities_and_skips_empty_slots() -> None:
+    # Slots 0, 3 and the last are empty (probability 0) and must never be drawn; the others
+    # must be drawn in proportion to their probability (200k draws: 4-sigma bands).
+    probs = np.asarray([0.0, 0.5, 0.1, 0.0, 0.25, 0.05, 0.1, 0.0], np.float32)
+    draws = 200_000
+    index = np.asarray(jax.jit(sil.sample, static_argnums=2)(jax.random.PRNGKey(7), probs, draws))
+    frequency = np.bincount(index, minlength=probs.size) / draws
+    assert frequency[probs == 0].sum() == 0
+    sigma = np.sqrt(probs * (1 - probs) / draws)
+    assert np.all(np.abs(frequency - probs) <= 4 * sigma + 1e-12), (frequency, probs)
+    # an empty buffer (all zero) still yields in-range indices (their gradients are masked)
+    empty = np.asarray(sil.sample(jax.random.PRNGKey(0), np.zeros(8, np.float32), 64))
+    assert empty.min() >= 0 and empty.max() < 8
+
+
 def test_train_imitates_stored_actions_and_refreshes_priorities() -> None:
     """SIL steps on a stored set of good transitions raise pi(a|s) of the stored actions."""
     config = SILConfig(enabled=True, capacity=8, batch_size=16, updates=50, ent_coef=0.0)
