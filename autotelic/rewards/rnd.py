@@ -243,17 +243,29 @@ class Distiller:
         p = self.params
         x = self.encode(obs)
         stats = update_moments(state.obs_stats, x) if p.obs_norm else state.obs_stats
-        x = self.normalize(stats, x)
-        target = self.target_net.apply(state.target, x)
         batch = x.shape[0]
         used = max(1, round(p.update_proportion * batch))
         minibatches = min(p.num_minibatches, used)
         size = used // minibatches
         optimizer = self.optimizer
+        # Normalized inputs and target features, for the whole rollout at once when the passes
+        # visit at least as many samples as it holds; otherwise (e.g. one pass over a quarter)
+        # only for each minibatch's samples, so the unused ones cost nothing.
+        whole = p.update_epochs * minibatches * size >= batch
+        if whole:
+            x = self.normalize(stats, x)
+            target = self.target_net.apply(state.target, x)
+
+        def inputs(idx: Array) -> tuple[Array, Array]:
+            if whole:
+                return x[idx], target[idx]
+            xi = self.normalize(stats, x[idx])
+            return xi, self.target_net.apply(state.target, xi)
 
         def loss_fn(predictor: Any, idx: Array, noise: Array) -> Array:
-            predicted = self.predictor_net.apply(predictor, x[idx])
-            return jnp.square(predicted - (target[idx] + noise)).mean(-1).mean()
+            xi, ti = inputs(idx)
+            predicted = self.predictor_net.apply(predictor, xi)
+            return jnp.square(predicted - (ti + noise)).mean(-1).mean()
 
         def step(carry: tuple[Any, Any], mb: tuple[Array, Array]) -> tuple[Any, Array]:
             predictor, opt_state = carry
