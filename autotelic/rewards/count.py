@@ -162,14 +162,16 @@ class _Groups(NamedTuple):
     visits: Array
 
 
+def _run_starts(values: Array) -> Array:
+    """bool `[N]`: where a run of equal values starts in the sorted `values: [N]`."""
+    return jnp.concatenate([jnp.ones((1,), bool), values[1:] != values[:-1]])
+
+
 def _group(key_a: Array, key_b: Array) -> _Groups:
     num = key_a.shape[0]
     index = jnp.arange(num, dtype=jnp.int32)
     order = jnp.lexsort((index, key_b, key_a))  # the last key is the primary one; stable
-    sorted_a, sorted_b = key_a[order], key_b[order]
-    first = jnp.concatenate(
-        [jnp.ones((1,), bool), (sorted_a[1:] != sorted_a[:-1]) | (sorted_b[1:] != sorted_b[:-1])]
-    )
+    first = _run_starts(key_a[order]) | _run_starts(key_b[order])
     group_start = jax.lax.cummax(jnp.where(first, index, 0))
     group = jnp.cumsum(first.astype(jnp.int32)) - 1
     group_size = jax.ops.segment_sum(jnp.ones((num,), jnp.int32), group, num_segments=num)
@@ -195,10 +197,7 @@ def _probe_round(p: _Probe, key_a: Array, key_b: Array, visits: Array) -> _Probe
     # the lowest env index wins each claimed slot: sort the claims by (slot, index)
     claimed = jnp.where(claim, p.slot.astype(jnp.int32), size)  # size <= 2^30 (check)
     by_slot = jnp.lexsort((index, claimed))
-    won_sorted = jnp.concatenate(
-        [jnp.ones((1,), bool), claimed[by_slot][1:] != claimed[by_slot][:-1]]
-    )
-    won = claim & jnp.zeros_like(claim).at[by_slot].set(won_sorted)
+    won = claim & jnp.zeros_like(claim).at[by_slot].set(_run_starts(claimed[by_slot]))
     found = p.pending & match
     claimed_slot = jnp.where(won, p.slot, size)  # out of range: dropped
     advance = p.pending & ~empty & ~match
