@@ -20,6 +20,7 @@ from autotelic.errors import UserError
 from autotelic.rewards.base import REGISTRY, RewardSource, Transition, resolve_params
 from autotelic.rewards.e3b import elliptical_bonus, reset_cov_inverse
 from autotelic.rewards.episodic import (
+    KNN_BLOCK,
     episodic_novelty,
     lifelong_multiplier,
     memory_insert,
@@ -249,6 +250,25 @@ def test_memory_is_a_ring_buffer_once_full():
     assert int(same_size[0]) == 5
 
 
+def test_blocked_nearest_neighbours_equal_a_brute_force_search_over_the_filled_slots():
+    # Capacity past two blocks, with a last block that overlaps the one before it; envs whose
+    # memory is empty, partly filled, filled into the last block, and wrapped around (ring).
+    capacity = 2 * KNN_BLOCK + 76
+    sizes = [0, 5, 3, KNN_BLOCK + 7, 2 * KNN_BLOCK + 50, 3 * capacity + 11]
+    rng = np.random.default_rng(0)
+    memory = rng.normal(size=(len(sizes), capacity, 3)).astype(np.float32)
+    query = rng.normal(size=(len(sizes), 3)).astype(np.float32)
+    sq, valid = nearest_sq_distances(
+        jnp.asarray(memory), jnp.asarray(sizes, jnp.int32), jnp.asarray(query), k=10
+    )
+    for env, size in enumerate(sizes):
+        filled = memory[env, : min(size, capacity)]
+        expected = np.sort(np.sum(np.square(filled - query[env]), axis=-1))[:10]
+        assert int(valid[env].sum()) == len(expected)
+        np.testing.assert_allclose(np.asarray(sq[env])[: len(expected)], expected, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(sq[env])[len(expected) :], 0.0)
+
+
 def test_episodic_novelty_of_repeated_observation_drops_and_resets_at_episode_start():
     spec = EnvSpec("test-vector", (5,), "float32", "vector", 3, 50)
     source = build("episodic", spec, **SMALL)
@@ -273,7 +293,8 @@ def test_episodic_novelty_of_repeated_observation_drops_and_resets_at_episode_st
     assert reward[11, 0] < 0.5 * reward[0, 0]
     # The new episode starts with an empty memory: the same observation is novel again.
     np.testing.assert_allclose(reward[12, 0], 1.0 / (1.0 + 0.001), rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(states.size)[:, 0], [*range(2, 14), 2, 3])
+    # s_t enters the memory when transition t is scored: t + 1 entries, from 1 again after the end.
+    np.testing.assert_array_equal(np.asarray(states.size)[:, 0], [*range(1, 13), 1, 2])
     # Fresh observations stay more novel than the repeated one.
     assert reward[5:12, 1].min() > reward[5:12, 0].max()
 

@@ -22,8 +22,10 @@ observation normalizer has no statistics yet (the first rollout), alpha is taken
 
 Which observation is scored: the transition (s_t, a_t, s_{t+1}) is paid the novelty of s_{t+1},
 the real next observation, like RND (so episodic and lifelong terms score the same state). The
-episode's first observation s_0 enters M before s_1 is scored, so M holds s_0..s_t when s_{t+1}
-is scored, as in NGU where every observation of the episode enters the memory.
+transition's s_t enters M just before s_{t+1} is scored, so M holds s_0..s_t when s_{t+1} is
+scored, as in NGU where every observation of the episode enters the memory. (s_t is embedded
+with the current f; it equals the previous transition's s_{t+1} except at an episode start.)
+The kNN search scans only the filled part of the memories (see `nearest_sq_distances`).
 
 Memory: `[N, capacity, d]` per env with the number of insertions this episode; the effective
 capacity is min(capacity, max_steps + 1), which holds a whole episode. With a smaller
@@ -119,23 +121,53 @@ class EpisodicState(NamedTuple):
 
 def memory_insert(memory: Array, size: Array, embedding: Array, insert: Array) -> tuple[Any, Any]:
     """Write `embedding: [N, d]` at slot `size mod C` of `memory: [N, C, d]` where `insert: [N]`
-    is true (ring buffer: a full memory overwrites its oldest entry). Returns (memory, size)."""
+    is true (ring buffer: a full memory overwrites its oldest entry). Returns (memory, size).
+
+    Rows that do not insert are sent to an out-of-range slot and dropped, so the write never
+    reads the memory and XLA can update it in place (a read-modify-write made it copy all
+    N*C*d floats)."""
     capacity = memory.shape[1]
     rows = jnp.arange(memory.shape[0])
-    slot = size % capacity
-    value = jnp.where(insert[:, None], embedding, memory[rows, slot])
-    return memory.at[rows, slot].set(value), size + insert.astype(size.dtype)
+    slot = jnp.where(insert, size % capacity, capacity)
+    memory = memory.at[rows, slot].set(embedding.astype(memory.dtype), mode="drop")
+    return memory, size + insert.astype(size.dtype)
+
+
+# Memory slots scanned per block by `nearest_sq_distances`.
+KNN_BLOCK = 512
 
 
 def nearest_sq_distances(memory: Array, size: Array, query: Array, k: int) -> tuple[Array, Array]:
     """Squared Euclidean distances from `query: [N, d]` to its k nearest valid entries of
     `memory: [N, C, d]`, ascending, and which of them exist (fewer than k entries early in an
-    episode). Returns (sq_distances [N, k'] f32, valid [N, k'] bool), k' = min(k, C)."""
-    capacity = memory.shape[1]
-    sq = jnp.sum(jnp.square(memory - query[:, None, :]), axis=-1)  # [N, C]
-    filled = jnp.arange(capacity)[None, :] < jnp.minimum(size, capacity)[:, None]
-    sq = jnp.where(filled, sq, jnp.inf)
-    negated, _ = jax.lax.top_k(-sq, min(k, capacity))
+    episode). Returns (sq_distances [N, k'] f32, valid [N, k'] bool), k' = min(k, C).
+
+    The memory is scanned in blocks of `KNN_BLOCK` slots, only as far as the fullest env's memory
+    reaches, keeping a running k-best; the result is the same as one top-k over every filled slot,
+    and a step costs in proportion to the current episode lengths rather than to the capacity."""
+    num_envs, capacity, _ = memory.shape
+    kept = min(k, capacity)
+    filled = jnp.minimum(size, capacity)
+
+    def block_distances(start: Array, width: int) -> Array:
+        # A block that would run past the end is moved back; slots it repeats are masked out.
+        begin = jnp.minimum(start, capacity - width)
+        block = jax.lax.dynamic_slice_in_dim(memory, begin, width, axis=1)
+        sq = jnp.sum(jnp.square(block - query[:, None, :]), axis=-1)  # [N, width]
+        slot = begin + jnp.arange(width)[None, :]
+        return jnp.where((slot >= start) & (slot < filled[:, None]), sq, jnp.inf)
+
+    if capacity <= KNN_BLOCK:
+        negated, _ = jax.lax.top_k(-block_distances(jnp.int32(0), capacity), kept)
+    else:
+
+        def scan_block(i: Array, negated: Array) -> Array:
+            sq = block_distances(i * KNN_BLOCK, KNN_BLOCK)
+            return jax.lax.top_k(jnp.concatenate([negated, -sq], axis=1), kept)[0]
+
+        blocks = (filled.max() + KNN_BLOCK - 1) // KNN_BLOCK
+        negated = jnp.full((num_envs, kept), -jnp.inf, jnp.float32)
+        negated = jax.lax.fori_loop(0, blocks, scan_block, negated)
     nearest = -negated
     valid = jnp.isfinite(nearest)
     return jnp.where(valid, nearest, 0.0), valid
@@ -222,9 +254,11 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
         start = state.episode_start
         both = jnp.concatenate([transition.obs, transition.next_obs], axis=0)
         phi, phi_next = jnp.split(model.embed(state.model.params, both), 2, axis=0)
-        # A new episode empties the memory, then its first observation enters it unscored.
+        # A new episode empties the memory. s_t then enters it before s_{t+1} is scored, so M
+        # holds s_0..s_t: one write per step, before any read (in place, see `memory_insert`).
+        # Away from episode starts s_t is the previous s_{t+1}, embedded again with the current f.
         size = jnp.where(start, 0, state.size)
-        memory, size = memory_insert(state.memory, size, phi, start)
+        memory, size = memory_insert(state.memory, size, phi, jnp.ones_like(start))
         sq, valid = nearest_sq_distances(memory, size, phi_next, params.k)
         distance_mean, distance_count = update_distance_mean(
             state.distance_mean, state.distance_count, sq, valid
@@ -238,7 +272,6 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
             params.c,
             params.max_similarity,
         )
-        memory, size = memory_insert(memory, size, phi_next, jnp.ones_like(start))
         state = state._replace(
             memory=memory,
             size=size,
