@@ -336,9 +336,10 @@ def test_icm_forward_error_falls_on_trained_transitions_not_on_unseen_ones():
     assert float(metrics["inverse_accuracy"]) > 0.5
 
 
-def test_inverse_dynamics_accuracy_rises_above_chance_on_a_deterministic_grid():
+@pytest.mark.parametrize("trunk", ["cnn", "mlp"])
+def test_inverse_dynamics_accuracy_rises_above_chance_on_a_deterministic_grid(trunk):
     obs, actions, next_obs = grid_transitions(ALL_CELLS)  # 64 transitions, chance = 1/4
-    model = make_inverse_dynamics(GRID_SPEC, 16, 64, "raw", 1e-3, 8, 2)
+    model = make_inverse_dynamics(GRID_SPEC, 16, 64, "raw", 1e-3, 8, 2, trunk)
     rollout = as_rollout(obs, actions, next_obs, envs=4)
     state = model.init(jax.random.PRNGKey(0))
 
@@ -453,6 +454,7 @@ def test_embedding_reads_integer_grid_codes():
         ("episodic", {"k": 0}, "sources.episodic.k must be >= 1"),
         ("episodic", {"max_modulation": 0.5}, "max_modulation"),
         ("episodic", {"embedding_dim": 0}, "sources.episodic.embedding_dim must be >= 1"),
+        ("episodic", {"trunk": "transformer"}, "sources.episodic.trunk must be one of cnn, mlp"),
     ],
 )
 def test_bad_settings_are_user_errors_naming_the_option(name, overrides, message):

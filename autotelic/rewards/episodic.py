@@ -76,6 +76,8 @@ class EpisodicParams(HeadConfig):
     embedding_dim:      size of f(x) (NGU: 32)
     hidden:             width of the encoder's last layer and the inverse model's hidden layer
     encoding:           grid codes as numbers ("raw") or one-hot ("one_hot")
+    trunk:              encoder before the embedding layer: "cnn" (the paper's conv stack) or
+                        "mlp" (two tanh layers, about 3x cheaper on a CPU)
     update_epochs, num_minibatches: passes over the rollout and minibatches per pass
     """
 
@@ -95,6 +97,7 @@ class EpisodicParams(HeadConfig):
     embedding_dim: int = 32
     hidden: int = 256
     encoding: str = "raw"
+    trunk: str = "cnn"
     update_epochs: int = 1
     num_minibatches: int = 4
 
@@ -229,6 +232,7 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
         params.learning_rate,
         params.update_epochs,
         params.num_minibatches,
+        params.trunk,
     )
     capacity = effective_capacity(params, spec)
     distiller = Distiller(RNDParams(), spec) if params.lifelong else None

@@ -65,6 +65,8 @@ class ICMParams(HeadConfig):
     hidden:        width of the encoder's last layer and of the inverse/forward hidden layer
                    (paper: 256)
     encoding:      grid codes as numbers ("raw") or one-hot ("one_hot")
+    trunk:         encoder before the embedding layer: "cnn" (the paper's conv stack) or
+                   "mlp" (two tanh layers, about 3x cheaper on a CPU)
     update_epochs, num_minibatches: passes over the rollout and minibatches per pass
     """
 
@@ -79,6 +81,7 @@ class ICMParams(HeadConfig):
     embedding_dim: int = 288
     hidden: int = 256
     encoding: str = "raw"
+    trunk: str = "cnn"
     update_epochs: int = 1
     num_minibatches: int = 4
 
@@ -116,7 +119,7 @@ def forward_error(
 
 
 def make_icm(params: ICMParams, spec: EnvSpec) -> RewardSource:
-    embedding = Embedding(spec, params.hidden, params.embedding_dim, params.encoding)
+    embedding = Embedding(spec, params.hidden, params.embedding_dim, params.encoding, params.trunk)
     inverse = InverseHead(spec.num_actions, params.hidden)
     forward = ForwardHead(spec.num_actions, params.hidden)
     nets = (embedding, inverse, forward)

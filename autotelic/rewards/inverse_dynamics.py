@@ -36,6 +36,7 @@ from .base import Transition
 Array = jax.Array
 
 ENCODINGS = ("raw", "one_hot")
+TRUNKS = ("cnn", "mlp")
 OBS_KINDS = ("grid", "vector", "image")
 
 # Both reference implementations (ICM's A3C code and E3B's IMPALA code) clip the gradient norm of
@@ -46,18 +47,21 @@ MAX_GRAD_NORM = 40.0
 class Embedding(nn.Module):
     """phi: `obs: [B, *obs_shape] -> [B, embedding_dim] f32`.
 
-    The trunk is the policy network's encoder (conv stack on grids and images, tanh MLP on
-    vectors) with its own weights; the last layer is linear so the embedding scale is learned.
+    The trunk is the policy network's encoder with its own weights: `trunk="cnn"` (default, the
+    papers' choice) is the conv stack on grids and images, `trunk="mlp"` two tanh layers (about
+    3x cheaper on a CPU for MiniGrid's 7x7 views); vectors always get the tanh MLP. The last
+    layer is linear so the embedding scale is learned.
     """
 
     spec: EnvSpec
     hidden: int
     embedding_dim: int
     encoding: str = "raw"
+    trunk: str = "cnn"
 
     @nn.compact
     def __call__(self, obs: Array) -> Array:
-        features = Encoder(self.spec, "cnn", self.hidden, self.encoding)(obs)
+        features = Encoder(self.spec, self.trunk, self.hidden, self.encoding)(obs)
         return dense(self.embedding_dim, 1.0)(features)
 
 
@@ -200,9 +204,10 @@ def make_inverse_dynamics(
     learning_rate: float,
     update_epochs: int,
     num_minibatches: int,
+    trunk: str = "cnn",
 ) -> InverseDynamics:
     return InverseDynamics(
-        embedding=Embedding(spec, hidden, embedding_dim, encoding),
+        embedding=Embedding(spec, hidden, embedding_dim, encoding, trunk),
         inverse=InverseHead(spec.num_actions, hidden),
         optimizer=make_optimizer(learning_rate),
         update_epochs=update_epochs,
@@ -213,7 +218,7 @@ def make_inverse_dynamics(
 def check_embedding_params(name: str, params: Any, spec: EnvSpec) -> None:
     """UserError unless the embedding options of source `name` are usable on `spec`.
 
-    Reads `embedding_dim`, `hidden`, `encoding`, `learning_rate`, `update_epochs` and
+    Reads `embedding_dim`, `hidden`, `encoding`, `trunk`, `learning_rate`, `update_epochs` and
     `num_minibatches` from `params`.
     """
     prefix = f"sources.{name}."
@@ -237,6 +242,8 @@ def check_embedding_params(name: str, params: Any, spec: EnvSpec) -> None:
         raise UserError(
             f"{prefix}encoding must be one of {', '.join(ENCODINGS)}, got {params.encoding!r}."
         )
+    if params.trunk not in TRUNKS:
+        raise UserError(f"{prefix}trunk must be one of {', '.join(TRUNKS)}, got {params.trunk!r}.")
     if params.encoding == "one_hot" and spec.obs_kind != "grid":
         raise UserError(
             f"{prefix}encoding=one_hot applies to grid observations only; {spec.env_id} has "
