@@ -26,7 +26,7 @@ import optax
 
 from . import sil as self_imitation
 from .config import Config
-from .envs.base import JaxEnv, StepResult
+from .envs.base import JaxEnv, StepResult, step_envs
 from .networks import Network, make_network
 from .rewards.base import HeadConfig, RewardSource, Transition, merge_moments
 
@@ -326,8 +326,8 @@ def make_trainer(
 
     def rollout_step(state: TrainState, _: None) -> tuple[TrainState, Rollout]:
         state, acted = act(state)
-        env_state, step = jax.vmap(env.step)(
-            jax.random.split(acted.env_key, num_envs), state.env_state, acted.action
+        env_state, step = step_envs(
+            env, jax.random.split(acted.env_key, num_envs), state.env_state, acted.action
         )
         return observe(state, acted, env_state, step)
 

@@ -23,6 +23,7 @@ import jax
 
 from autotelic import config as config_module
 from autotelic import envs
+from autotelic.envs.base import step_envs
 from autotelic.rewards.base import Transition, build_sources
 
 
@@ -49,7 +50,7 @@ def main() -> None:
         env_state, obs, key = carry
         key, k_action, k_env = jax.random.split(key, 3)
         action = jax.random.randint(k_action, (num_envs,), 0, env.spec.num_actions)
-        env_state, result = jax.vmap(env.step)(jax.random.split(k_env, num_envs), env_state, action)
+        env_state, result = step_envs(env, jax.random.split(k_env, num_envs), env_state, action)
         transition = Transition(
             obs, action, result.final_obs, result.terminated, result.truncated, result.reward
         )

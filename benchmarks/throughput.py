@@ -21,6 +21,7 @@ import jax
 
 from autotelic import config as config_module
 from autotelic import envs
+from autotelic.envs.base import step_envs
 from autotelic.ppo import init_seeds, make_trainer
 from autotelic.rewards.base import build_sources
 
@@ -69,7 +70,7 @@ def main() -> None:
     for assignment in args.overrides:
         config_module.apply_override(data, assignment)
     config = config_module.build(data)
-    env = envs.make(config.env)
+    env = envs.make(config.env, **config.env_options)
     batch = config.batch_size
 
     # 1. the env alone, random actions, same number of envs and steps per call
@@ -80,7 +81,7 @@ def main() -> None:
             state, key = c
             key, k_action, k_env = jax.random.split(key, 3)
             actions = jax.random.randint(k_action, (args.num_envs,), 0, env.spec.num_actions)
-            state, _ = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), state, actions)
+            state, _ = step_envs(env, jax.random.split(k_env, args.num_envs), state, actions)
             return (state, key), None
 
         (state, key), _ = jax.lax.scan(step, (state, key), None, args.num_steps)

@@ -314,3 +314,47 @@ def test_every_gymnax_id_constructs_or_is_continuous() -> None:
 )
 def test_state_type_stable(env_id: str) -> None:
     assert_stable_state(envs.make(env_id))
+
+
+@pytest.mark.parametrize(
+    ("make_env", "some_end_alone"),
+    [
+        # DoorKey's reset is the costly one `step_batch` avoids; a 7-step horizon ends all 24 envs
+        # at once (3 passes of 8). Random walks reach Empty's goal, so there some envs end alone.
+        (lambda: NavixEnv("Navix-DoorKey-5x5-v0", observation="first_person", max_steps=7), False),
+        (lambda: NavixEnv("Navix-Empty-5x5-v0", max_steps=20), True),
+        (lambda: KeyCorridorEnv("KeyCorridorS3R1", observation="first_person", max_steps=5), False),
+    ],
+    ids=["navix-doorkey", "navix-empty", "grid-keycorridor"],
+)
+def test_batched_step_with_lazy_resets_equals_vmapped_step(
+    make_env: Any, some_end_alone: bool
+) -> None:
+    """`step_envs` (the adapter's `step_batch`, which builds fresh states only for the envs that
+    ended) gives exactly what `vmap(env.step)` gives, state and StepResult, step after step,
+    also when more envs end in one step than one reset pass covers and when none end."""
+    from autotelic.envs.base import reset_chunk, step_envs
+
+    env = make_env()
+    num_envs = 24
+    assert hasattr(env, "step_batch")
+
+    def run(step: Any) -> Any:
+        def body(state: Any, key: jax.Array) -> Any:
+            action_key, env_key = jax.random.split(key)
+            actions = jax.random.randint(action_key, (num_envs,), 0, env.spec.num_actions)
+            return step(jax.random.split(env_key, num_envs), state, actions)
+
+        state, _ = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(1), num_envs))
+        return jax.lax.scan(body, state, jax.random.split(jax.random.PRNGKey(2), 60))
+
+    batched = jax.jit(lambda: run(functools.partial(step_envs, env)))()
+    vmapped = jax.jit(lambda: run(jax.vmap(env.step)))()
+    leaves_b, leaves_v = jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(vmapped)
+    assert len(leaves_b) == len(leaves_v)
+    for b, v in zip(leaves_b, leaves_v, strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(v))
+    ended = np.asarray(vmapped[1].terminated | vmapped[1].truncated).sum(axis=1)
+    assert ended.max() > reset_chunk(num_envs), "no step ended more envs than one pass resets"
+    assert (ended == 0).any()
+    assert ((ended > 0) & (ended < num_envs)).any() == some_end_alone

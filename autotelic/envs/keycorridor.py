@@ -86,7 +86,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import UserError, unknown
-from .base import EnvSpec, StepResult, auto_reset, strong_types
+from .base import EnvSpec, StepResult, auto_reset, lazy_auto_reset, strong_types
 from .minigrid_view import (
     AGENT,
     BALL,
@@ -459,4 +459,13 @@ class KeyCorridorEnv:
         nxt, reward, terminated, truncated = self.transition(state, action)
         return auto_reset(
             nxt, self._fresh(key), self._observe, reward, terminated, truncated, terminated
+        )
+
+    def step_batch(
+        self, keys: Array, states: KeyCorridorState, actions: Array
+    ) -> tuple[KeyCorridorState, StepResult]:
+        """`vmap(step)` with the same results, resetting only the envs whose episode ended."""
+        nxt, reward, terminated, truncated = jax.vmap(self.transition)(states, actions)
+        return lazy_auto_reset(
+            keys, nxt, self._fresh, self._observe, reward, terminated, truncated, terminated
         )

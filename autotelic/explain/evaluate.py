@@ -394,6 +394,7 @@ class Programs:
         import jax
         import jax.numpy as jnp
 
+        from ..envs.base import step_envs
         from ..rewards.base import Transition
 
         env, network, sources = loaded.env, loaded.trainer.network, loaded.sources
@@ -416,8 +417,8 @@ class Programs:
                 position = jax.vmap(agent_position)(carry.env_state)
             else:
                 position = jnp.zeros((num_envs, 2), jnp.int32)
-            env_state, result = jax.vmap(env.step)(
-                jax.random.split(k_env, num_envs), carry.env_state, action
+            env_state, result = step_envs(
+                env, jax.random.split(k_env, num_envs), carry.env_state, action
             )
             done = result.terminated | result.truncated
             not_started = jnp.zeros_like(done)
