@@ -324,8 +324,9 @@ def test_state_type_stable(env_id: str) -> None:
         (lambda: NavixEnv("Navix-DoorKey-5x5-v0", observation="first_person", max_steps=7), False),
         (lambda: NavixEnv("Navix-Empty-5x5-v0", max_steps=20), True),
         (lambda: KeyCorridorEnv("KeyCorridorS3R1", observation="first_person", max_steps=5), False),
+        (lambda: XMiniGridEnv("MiniGrid-Empty-5x5", max_steps=20), True),
     ],
-    ids=["navix-doorkey", "navix-empty", "grid-keycorridor"],
+    ids=["navix-doorkey", "navix-empty", "grid-keycorridor", "xminigrid-empty"],
 )
 def test_batched_step_with_lazy_resets_equals_vmapped_step(
     make_env: Any, some_end_alone: bool

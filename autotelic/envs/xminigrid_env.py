@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import UserError, unknown
-from .base import EnvSpec, StepResult, strong_types, tree_select
+from .base import EnvSpec, StepResult, auto_reset, lazy_auto_reset, strong_types
 
 
 def xminigrid_ids() -> list[str]:
@@ -111,7 +111,8 @@ class XMiniGridEnv:
         timestep = self._fresh(key)
         return timestep, timestep.observation
 
-    def step(self, key: jax.Array, state: Any, action: jax.Array) -> tuple[Any, StepResult]:
+    def _transition(self, state: Any, action: jax.Array) -> tuple[Any, ...]:
+        """xminigrid's transition, no reset: (next, reward, terminated, truncated, success)."""
         from xminigrid.types import StepType
 
         env, params = self._env_params
@@ -120,14 +121,21 @@ class XMiniGridEnv:
         terminated = done & (nxt.discount == 0.0)
         truncated = done & ~terminated
         reward = nxt.reward.astype(jnp.float32)
-        fresh = self._fresh(key)
-        new_state = tree_select(done, fresh, nxt)
-        obs = jnp.where(done, fresh.observation, nxt.observation)
-        return new_state, StepResult(
-            obs=obs,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            final_obs=nxt.observation,
-            success=done & (reward > 0.0),
+        return nxt, reward, terminated, truncated, done & (reward > 0.0)
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> tuple[Any, StepResult]:
+        nxt, reward, terminated, truncated, success = self._transition(state, action)
+        return auto_reset(
+            nxt, self._fresh(key), _observation, reward, terminated, truncated, success
         )
+
+    def step_batch(
+        self, keys: jax.Array, states: Any, actions: jax.Array
+    ) -> tuple[Any, StepResult]:
+        """`vmap(step)` with the same results, resetting only the envs whose episode ended."""
+        outcome = jax.vmap(self._transition)(states, actions)
+        return lazy_auto_reset(keys, outcome[0], self._fresh, _observation, *outcome[1:])
+
+
+def _observation(timestep: Any) -> jax.Array:
+    return timestep.observation
