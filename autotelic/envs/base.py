@@ -10,8 +10,9 @@ sources, which must never see the reset as a transition).
 
 All functions are pure and jit/vmap-able; an adapter instance is a static, hashable description.
 An adapter may also offer `step_batch(keys, states, actions)`, a batched `step` with the same
-results that skips work a vmapped `step` cannot skip (navix and `grid:` build fresh states only for
-the envs that ended, see `lazy_auto_reset`); learners step batches through `step_envs`.
+results that skips work a vmapped `step` cannot skip (navix, `grid:` and xminigrid build fresh
+states only for the envs that ended, see `lazy_auto_reset`); learners step batches through
+`step_envs`.
 """
 
 from __future__ import annotations
