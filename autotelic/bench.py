@@ -31,7 +31,11 @@ checkpoint, so an interrupted or partly failed bench is finished by running it a
 
 Results: OUT/results.json and OUT/results.md (final return and success rate as IQM over seeds with
 a 95% bootstrap interval, wall time, throughput, status) and OUT/curves_<task>.png (episode return
-against env steps, IQM over seeds with its interval shaded, one line per reward entry).
+against env steps, IQM over seeds with its interval shaded, one line per reward entry). They are
+rewritten each time a configuration ends, so a bench killed outright (no Ctrl-C) still has the
+table of what finished. `--summarize` trains nothing and writes them from what OUT holds at that
+moment: finished configurations, partial ones (started, not finished: running elsewhere or
+stopped) with the env steps their checkpoints hold, and pending ones.
 
 `--cpus-per-run` is what each configuration reserves in Ray, which bounds how many run at once;
 it does not pin a run to cores. JAX sizes its thread pool to the CPUs the process may use (its
@@ -43,6 +47,7 @@ the task function stay light until a run starts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -50,6 +55,7 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,11 +419,14 @@ def run_all(
     address: str | None,
     cpus_per_run: float,
     quiet: bool,
+    on_outcome: Callable[[dict[Path, dict[str, Any]]], None] | None = None,
 ) -> tuple[dict[Path, dict[str, Any]], bool]:
     """Train every configuration that is not finished, one Ray task each.
 
     Returns the outcome per group directory and whether the run was interrupted (Ctrl-C: the
     running configurations are asked to checkpoint and stop, as `autotelic train` does).
+    on_outcome: called with the outcomes so far each time a configuration ends (not after
+    Ctrl-C), so that a bench killed outright still leaves the results of what finished.
     """
     pending = [c for c in configurations if c.state != FINISHED]
     if not pending:
@@ -454,6 +463,8 @@ def run_all(
                     f"[{total - len(refs)}/{total}] {configuration.label}: {status}",
                     file=sys.stderr,
                 )
+            if on_outcome is not None and not stopping:
+                on_outcome(outcomes)
 
         try:
             while refs:
@@ -528,29 +539,54 @@ def _interval(values: list[float]) -> dict[str, Any]:
 
 
 UNFINISHED = ("failed", "interrupted")
+TO_TRAIN = ("partial", "pending")  # not failed, just not (yet) trained to the end
 
 
-def _status(configuration: Configuration, outcome: dict[str, Any] | None) -> str:
-    if outcome is None:
-        return "skipped" if configuration.state == FINISHED else "failed"
+def checkpointed_steps(configuration: Configuration) -> int:
+    """Env steps per seed that the configuration's checkpoints hold now (the least over its
+    seeds): what a resumed run starts from."""
+    from . import runs
+
+    done = []
+    for run_dir in configuration.run_dirs:
+        updates = runs.checkpoint_updates(run_dir) if run_dir.is_dir() else []
+        done.append(updates[-1] if updates else 0)
+    return min(done, default=0) * configuration.config.batch_size
+
+
+def _status(
+    outcome: dict[str, Any] | None, resumed: bool, complete: bool, started: bool, summarizing: bool
+) -> str:
+    """resumed: the configuration was partial when this invocation began; complete: every seed
+    has its summary.json now; started: some run directory exists."""
+    if outcome is None:  # not trained by this invocation: what is on disk
+        if complete:
+            return "finished" if summarizing else "skipped"
+        return "partial" if started else "pending"
     if not outcome["ok"]:
         return "interrupted" if outcome.get("interrupted") else "failed"
-    return "resumed" if configuration.state == PARTIAL else "trained"
+    return "resumed" if resumed else "trained"
 
 
 def summarize(
-    configuration: Configuration, outcome: dict[str, Any] | None, out: Path
+    configuration: Configuration,
+    outcome: dict[str, Any] | None,
+    out: Path,
+    summarizing: bool = False,
 ) -> dict[str, Any]:
     """One row of results.json, read from the run directories (the same whether the runs were
-    trained now or by an earlier invocation)."""
+    trained now or by an earlier invocation). outcome: what this invocation's training of the
+    configuration returned (None: not trained by it, or not yet)."""
     summaries = []
     for run_dir in configuration.run_dirs:
         path = run_dir / "summary.json"
         if path.exists():
             summaries.append(json.loads(path.read_text()))
-    status = _status(configuration, outcome)
     complete = len(summaries) == len(configuration.config.seeds)
-    if status not in UNFINISHED and not complete:
+    started = any(d.is_dir() for d in configuration.run_dirs)
+    resumed = configuration.state == PARTIAL
+    status = _status(outcome, resumed, complete, started, summarizing)
+    if status not in UNFINISHED + TO_TRAIN and not complete:
         status, outcome = "failed", {"error": "finished without a summary.json for every seed"}
     returns = [s["final_return"] for s in summaries if s.get("final_return") is not None]
     successes = [s["success_rate"] for s in summaries if s.get("success_rate") is not None]
@@ -572,6 +608,10 @@ def summarize(
         if complete and group_wall
         else None,
         "env_steps_per_seed": summaries[0]["env_steps"] if complete else None,
+        "env_steps_target": configuration.config.num_updates * configuration.config.batch_size,
+        "env_steps_checkpointed": summaries[0]["env_steps"]
+        if complete
+        else checkpointed_steps(configuration),
     }
     if outcome and outcome.get("traceback"):
         row["traceback"] = outcome["traceback"]
@@ -583,6 +623,15 @@ def _fmt_interval(interval: dict[str, Any], digits: int) -> str:
         return "n/a"
     point, low, high = interval["iqm"], interval["low"], interval["high"]
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _fmt_status(row: dict[str, Any]) -> str:
+    """The status, with how far an unfinished configuration got (its checkpoints)."""
+    status = row["status"]
+    done, target = row.get("env_steps_checkpointed"), row.get("env_steps_target")
+    if status in UNFINISHED + TO_TRAIN and done and target:
+        status += f" ({done / 1e6:.2f}M of {target / 1e6:.2f}M steps)"
+    return status
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -599,7 +648,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {row['task']} | {row['rewards']} | {_fmt_interval(row['final_return'], 3)} "
             f"| {_fmt_interval(row['success_rate'], 2)} "
             f"| {'n/a' if wall is None else f'{wall:.1f}'} "
-            f"| {'n/a' if sps is None else f'{sps:,.0f}'} | {row['status']} |"
+            f"| {'n/a' if sps is None else f'{sps:,.0f}'} | {_fmt_status(row)} |"
         )
     return "\n".join(lines)
 
@@ -610,8 +659,10 @@ NOTES = (
     "wall s / seed: the configuration's wall time divided by its number of seeds; the seeds train "
     "vmapped in one process, so this is not what one seed takes alone. env steps/s: env steps of "
     "all seeds together per wall-clock second, compilation included. status: trained, resumed "
-    "(continued from a checkpoint), skipped (finished by an earlier invocation), failed, "
-    "interrupted (Ctrl-C; checkpointed)."
+    "(continued from a checkpoint), skipped (finished by an earlier invocation), finished (on "
+    "disk, with --summarize), failed, interrupted (Ctrl-C; checkpointed), partial (started, not "
+    "finished: still running, or stopped), pending (not started); unfinished ones show the env "
+    "steps per seed their checkpoints hold."
 )
 
 
@@ -636,6 +687,15 @@ def markdown(spec: Spec, rows: list[dict[str, Any]], curves: list[Path]) -> str:
         parts += ["", "## Not finished", ""]
         parts += [f"- {r['task']} [{r['rewards']}]: {r['error']}" for r in failed]
         parts += ["", "Run the same command again to resume them."]
+    to_train = [r for r in rows if r["status"] in TO_TRAIN]
+    if to_train:
+        parts += ["", "## Still to train", ""]
+        parts += [f"- {r['task']} [{r['rewards']}]: {_fmt_status(r)}" for r in to_train]
+        parts += [
+            "",
+            "`autotelic bench` with this spec and --out trains them (partial ones resume from "
+            "their checkpoints).",
+        ]
     if curves:
         parts += ["", "## Learning curves", ""]
         parts += [f"![{path.stem}]({path.name})" for path in curves]
@@ -643,9 +703,11 @@ def markdown(spec: Spec, rows: list[dict[str, Any]], curves: list[Path]) -> str:
 
 
 def curve(run_dirs: list[Path]) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Episode return against env steps: IQM over seeds and its 95% interval at up to
-    CURVE_POINTS updates. An update in which no episode of a seed ended says nothing about that
-    seed's return (the logged mean is 0 there), so it is left out of that point.
+    """Episode return against env steps: the run is cut into up to CURVE_POINTS equal stretches
+    of updates; per seed, the mean return of every episode that ended in a stretch (the logged
+    per-update means weighted by their episode counts), then the IQM over seeds and its 95%
+    interval. A seed none of whose episodes ended in a stretch says nothing there and is left out
+    of that point. Each point sits at the stretch's last env step.
 
     Returns (env_steps, iqm, low, high), each [points].
     """
@@ -659,21 +721,19 @@ def curve(run_dirs: list[Path]) -> tuple[list[float], list[float], list[float], 
     if not per_seed:
         return [], [], [], []
     length = min(len(rows) for rows in per_seed)  # the seeds share the update grid
-    returns = np.array(
-        [
-            [r["episode_return_mean"] if r["episodes"] > 0 else np.nan for r in rows[:length]]
-            for rows in per_seed
-        ]
-    )
+    episodes = np.array([[r["episodes"] for r in rows[:length]] for rows in per_seed])
+    returns = np.array([[r["episode_return_mean"] for r in rows[:length]] for rows in per_seed])
+    totals = np.where(episodes > 0, returns * episodes, 0.0)
     steps_axis = [r["env_steps"] for r in per_seed[0][:length]]
-    indices = np.unique(np.linspace(0, length - 1, min(length, CURVE_POINTS)).round().astype(int))
+    edges = np.unique(np.linspace(0, length, min(length, CURVE_POINTS) + 1).round().astype(int))
     xs, points, lows, highs = [], [], [], []
-    for i in indices:
-        values = returns[:, i][np.isfinite(returns[:, i])]
+    for begin, end in itertools.pairwise(edges):
+        count = episodes[:, begin:end].sum(axis=1)
+        values = totals[:, begin:end].sum(axis=1)[count > 0] / count[count > 0]
         if not len(values):
             continue
         point, low, high = bootstrap_ci([values], resamples=CURVE_RESAMPLES)
-        xs.append(steps_axis[i])
+        xs.append(steps_axis[end - 1])
         points.append(point)
         lows.append(low)
         highs.append(high)
@@ -700,7 +760,7 @@ def plot_curves(
         if not xs:
             continue
         label = configuration.reward_name
-        if row["status"] in UNFINISHED:
+        if row["status"] in UNFINISHED + TO_TRAIN:
             label += f" ({row['status']})"
         (line,) = axes.plot(xs, points, label=label)
         axes.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -739,11 +799,12 @@ def write_results(
     out: Path,
     configurations: list[Configuration],
     outcomes: dict[Path, dict[str, Any]],
+    summarizing: bool = False,
 ) -> list[dict[str, Any]]:
     """results.json, results.md and the curves; returns the rows."""
     from .runs import atomic_write_text
 
-    rows = [summarize(c, outcomes.get(c.out), out) for c in configurations]
+    rows = [summarize(c, outcomes.get(c.out), out, summarizing) for c in configurations]
     curves = []
     for task in spec.tasks:
         indices = [i for i, c in enumerate(configurations) if c.task == task]
@@ -780,12 +841,22 @@ def bench(
     address: str | None = None,
     cpus_per_run: float = 1.0,
     quiet: bool = False,
+    summarize_only: bool = False,
 ) -> int:
     """`autotelic bench`: check the spec, train what is missing, write and print the results.
 
-    Returns the exit status: 0 if every configuration finished, 1 if any failed, 130 if
-    interrupted. Raises UserError (exit 2) for bad input, before anything is written.
+    summarize_only: train nothing; write the results of what is on disk now (finished, partial
+    and pending configurations), e.g. while a long bench runs elsewhere.
+
+    Returns the exit status: 0 if every configuration finished (with summarize_only: unless one
+    failed), 1 if any failed, 130 if interrupted. Raises UserError (exit 2) for bad input, before
+    anything is written.
     """
+    if summarize_only and address is not None:
+        raise UserError(
+            "--summarize trains nothing and needs no Ray cluster; drop --address, or drop "
+            "--summarize to train."
+        )
     if not cpus_per_run > 0:
         raise UserError(f"--cpus-per-run must be > 0, got {cpus_per_run:g}.")
     if address is None and cpus_per_run > (os.cpu_count() or 1):
@@ -796,6 +867,8 @@ def bench(
     spec = load_spec(spec_path)
     out = (out or Path("runs") / f"bench-{spec.name}").resolve()
     configurations = plan(spec, spec_path, out)
+    if summarize_only:
+        return _summarize_only(spec, spec_path, out, configurations)
     if not quiet:
         counts = {
             state: sum(c.state == state for c in configurations)
@@ -807,7 +880,18 @@ def bench(
             f"Ray {'at ' + address if address else 'local'}",
             file=sys.stderr,
         )
-    outcomes, interrupted = run_all(configurations, address, cpus_per_run, quiet)
+
+    def write_so_far(outcomes: dict[Path, dict[str, Any]]) -> None:
+        # A by-product of a long bench: a failure to write it must not stop the training.
+        try:
+            write_results(spec, spec_path, out, configurations, outcomes)
+        except Exception as error:
+            print(
+                f"autotelic: warning: results so far not written ({type(error).__name__}: {error})",
+                file=sys.stderr,
+            )
+
+    outcomes, interrupted = run_all(configurations, address, cpus_per_run, quiet, write_so_far)
     out.mkdir(parents=True, exist_ok=True)
     rows = write_results(spec, spec_path, out, configurations, outcomes)
     print(table(rows))
@@ -821,3 +905,21 @@ def bench(
     if interrupted:
         return 130
     return 1 if failed else 0
+
+
+def _summarize_only(
+    spec: Spec, spec_path: Path, out: Path, configurations: list[Configuration]
+) -> int:
+    """`autotelic bench --summarize`: the results of what is on disk, training nothing."""
+    if all(c.state == NEW for c in configurations):
+        raise UserError(
+            f"--summarize: {str(out)!r} holds no runs of {spec_path} yet; run the same command "
+            "without --summarize to train them (or pass the --out that bench used)."
+        )
+    rows = write_results(spec, spec_path, out, configurations, {}, summarizing=True)
+    print(table(rows))
+    report = write_report_safely(out)
+    if report is not None:
+        print(f"report: {report}")
+    print(f"results: {out / 'results.md'}")
+    return 0

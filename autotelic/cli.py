@@ -4,6 +4,7 @@
                     [--num-envs E] [--self-imitation] [--out DIR] [--config FILE] [key=value ...]
     autotelic train --resume RUN_DIR
     autotelic bench SPEC.yaml [--out DIR] [--address RAY_ADDRESS] [--cpus-per-run N] [--quiet]
+                    [--summarize]
     autotelic envs
     autotelic rewards
     autotelic explain RUN_DIR [--episodes N] [--seed S] [--shapley-samples M] ...
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         help="CPUs each configuration (all its seeds) reserves in Ray (default 1)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress lines")
+    bench.add_argument(
+        "--summarize",
+        action="store_true",
+        help="train nothing: write the results of what --out holds now (finished, partial and "
+        "pending configurations)",
+    )
 
     commands.add_parser("envs", help="list the environments")
     commands.add_parser("rewards", help="list the reward sources")
@@ -200,6 +207,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         address=args.address,
         cpus_per_run=args.cpus_per_run,
         quiet=args.quiet,
+        summarize_only=args.summarize,
     )
 
 

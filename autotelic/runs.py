@@ -17,6 +17,7 @@ directory per seed (`seed_<s>/`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -292,18 +293,24 @@ class MetricsWriter:
         self.tb.close()
 
 
+def _read_rows(path: Path) -> list[dict[str, float]]:
+    """The complete rows of a metrics or timing CSV. A run that is still training may be in the
+    middle of writing its last line; that line (no newline yet) is left out."""
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = Path(run_dir) / "metrics.csv"
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    return _read_rows(Path(run_dir) / "metrics.csv")
 
 
 def read_timing(run_dir: Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "timing.csv"
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    return _read_rows(path)
 
 
 # ------------------------------------------------------------------------------ summary

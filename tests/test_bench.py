@@ -104,6 +104,24 @@ def test_bench_reports_every_configuration_and_skips_finished_ones_on_rerun(cli,
     assert f"results: {out.resolve() / 'results.md'}" in first.stdout
     assert (out / f"curves_{TASK_DIR}.png").read_bytes()[:8] == PNG_MAGIC
 
+    # --summarize trains nothing and reads the same directories: the finished ones as such, the
+    # failed rnd as partial with what its checkpoint holds (the last good update, the first).
+    before = metrics_mtimes(out)
+    summary = cli("bench", str(spec), "--out", str(out), "--summarize")
+    assert summary.returncode == 0, summary.stderr
+    assert metrics_mtimes(out) == before
+    rows = results(out)
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "none": "finished",
+        "count": "finished",
+        "rnd": "partial",
+    }
+    assert rows["rnd"]["env_steps_checkpointed"] == 64 and rows["rnd"]["env_steps_target"] == STEPS
+    assert rows["none"]["env_steps_checkpointed"] == STEPS
+    assert_interval(rows["none"]["final_return"])
+    assert "| partial (0.00M of 0.01M steps) |" in summary.stdout
+    assert "## Still to train" in (out / "results.md").read_text()
+
     # The same grid without the failing entry: both configurations are finished, so nothing
     # trains again (Ray is not even started).
     spec = write_spec(tmp_path)
@@ -121,6 +139,12 @@ def test_bench_reports_every_configuration_and_skips_finished_ones_on_rerun(cli,
     (out / TASK_DIR / "none" / "seed_1" / "summary.json").unlink()
     states = {reward_label(c.rewards): c.state for c in plan(load_spec(spec), spec, out.resolve())}
     assert states == {"none": "partial", "count": "finished"}
+    assert main(["bench", str(spec), "--out", str(out), "--summarize"]) == 0
+    capsys.readouterr()
+    assert {name: row["status"] for name, row in results(out).items()} == {
+        "none": "partial",
+        "count": "finished",
+    }
 
     # The same --out with a different spec is refused before anything runs.
     changed = write_spec(tmp_path, steps=2 * STEPS)
@@ -156,6 +180,49 @@ def test_bad_specs_exit_2_before_writing(capsys, tmp_path, changes, needles):
     for needle in needles:
         assert needle in captured.err, captured.err
     assert not out.exists()
+
+
+def test_summarize_refuses_an_empty_out_and_a_cluster_address(capsys, tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "bench"
+    for extra, needle in (([], "holds no runs"), (["--address", "auto"], "drop --address")):
+        code = main(["bench", str(spec), "--out", str(out), "--summarize", *extra])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.count("error:") == 1 and needle in err and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def write_metrics(run_dir: Path, episodes: list[int], returns: list[float], tail: str = "") -> None:
+    run_dir.mkdir(parents=True)
+    lines = ["update,env_steps,episodes,episode_return_mean"]
+    for i, (count, value) in enumerate(zip(episodes, returns, strict=True)):
+        lines.append(f"{i + 1},{64 * (i + 1)},{count},{value}")
+    (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n" + tail)
+
+
+def test_curve_weights_each_update_by_its_episodes_and_skips_seeds_without_any(tmp_path):
+    # 200 updates -> 100 stretches of 2. Seed 0: one episode of return 1 and three of return 0
+    # per stretch -> 0.25 everywhere (an unweighted mean of the two updates would give 0.5).
+    # Seed 1: no episode in the first stretch (left out there; the logged mean 0 is no return),
+    # then two episodes of return 0.25 per stretch. A line still being written ends seed 0's
+    # file and is ignored.
+    from autotelic.bench import curve
+
+    seeds = [tmp_path / "seed_0", tmp_path / "seed_1"]
+    write_metrics(seeds[0], [1, 3] * 100, [1.0, 0.0] * 100, tail="201,12864,1,0.")
+    write_metrics(seeds[1], [0, 0] + [1, 1] * 99, [0.0, 0.0] + [0.25, 0.25] * 99)
+    xs, points, lows, highs = curve(seeds)
+    assert xs == [128.0 * (i + 1) for i in range(100)]
+    assert points == pytest.approx([0.25] * 100)
+    assert lows == pytest.approx([0.25] * 100) and highs == pytest.approx([0.25] * 100)
+    # With seed 1 changed to 0.75 after the first stretch, the first point is seed 0's alone.
+    (seeds[1] / "metrics.csv").unlink()
+    seeds[1].rmdir()
+    write_metrics(seeds[1], [0, 0] + [1, 1] * 99, [0.0, 0.0] + [0.75, 0.75] * 99)
+    xs, points, lows, highs = curve(seeds)
+    assert points[0] == pytest.approx(0.25) and points[1] == pytest.approx(0.5)
+    assert lows[1] == pytest.approx(0.25) and highs[1] == pytest.approx(0.75)
 
 
 def test_self_imitation_doubles_the_grid_into_separate_directories(tmp_path):
