@@ -112,6 +112,10 @@ class Config:
     sil: SILConfig = field(default_factory=SILConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     checkpoint_every: int = 10  # updates between checkpoints
+    # Local devices the seeds are spread over, each device training its share vmapped (see
+    # `autotelic.train.seed_devices`): 0 = as many as divide the number of seeds (on a CPU, one
+    # per seed, as threads); 1 = every seed on one device.
+    devices: int = 0
     out: str = ""
 
     @property
@@ -171,6 +175,15 @@ def validate(config: Config) -> Config:
     _check(
         config.checkpoint_every >= 1,
         f"checkpoint_every must be >= 1 update, got {config.checkpoint_every}.",
+    )
+    _check(
+        config.devices >= 0,
+        f"devices must be >= 0 (0: as many as divide the seeds), got {config.devices}.",
+    )
+    _check(
+        config.devices == 0 or len(config.seeds) % config.devices == 0,
+        f"devices={config.devices} does not divide the {len(config.seeds)} seeds; each device "
+        "trains the same number of seeds. Choose a divisor, or 0 to pick one.",
     )
     if config.network.kind == "gru":
         _check(

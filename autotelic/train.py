@@ -6,6 +6,7 @@ The math lives in `ppo.py`; this file only moves data between the device and the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -76,6 +77,41 @@ def resolved_config(setup: Setup) -> Config:
     return replace(setup.config, sources=sources)
 
 
+def request_cpu_devices(config: Config) -> None:
+    """Ask JAX for one CPU device per seed (threads of this process), so that `seed_devices` can
+    spread the seeds over a CPU's cores: one vmapped program keeps XLA's CPU runtime mostly on one
+    core. Only possible before JAX has run anything in this process; afterwards (a library caller
+    that already used JAX, tests) nothing changes and the seeds share the devices there are. On a
+    GPU machine the CPU devices go unused."""
+    wanted = config.devices or len(config.seeds)
+    if wanted <= 1:
+        return
+    with contextlib.suppress(RuntimeError):  # raised once JAX is running: keep its devices
+        jax.config.update("jax_num_cpu_devices", max(wanted, jax.config.jax_num_cpu_devices))
+
+
+def seed_devices(config: Config) -> list[Any]:
+    """The local devices the seeds train on: the largest number, at most `config.devices` (0: no
+    limit), that divides the number of seeds. Each device trains its share of the seeds vmapped,
+    with no communication between devices (`shard_map`); one device is plain `vmap`."""
+    available = jax.local_devices()
+    limit = min(config.devices or len(config.seeds), len(available))
+    count = max(n for n in range(1, limit + 1) if len(config.seeds) % n == 0)
+    return available[:count]
+
+
+def _shard_seeds(update: Any, devices: list[Any]) -> tuple[Any, Any]:
+    """`update` (vmapped over the leading seed axis) run as one program per device, each on its
+    block of seeds, and the sharding that puts a seed-stacked tree there."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("seed",))
+    seeds = PartitionSpec("seed")
+    # check_vma off: the per-device programs share nothing, so there is no collective to check.
+    sharded = jax.shard_map(update, mesh=mesh, in_specs=seeds, out_specs=seeds, check_vma=False)
+    return jax.jit(sharded), NamedSharding(mesh, seeds)
+
+
 def _seed_slice(tree: Any, index: int) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x[index]), tree)
 
@@ -128,6 +164,7 @@ def train(
     Returns one summary per seed. Raises UserError for bad input and TrainingStoppedError when the
     run stops early.
     """
+    request_cpu_devices(config)
     setup = prepare(config)
     config = resolved_config(setup)
     run_dirs = runs.run_dirs_for(out, config.seeds)
@@ -143,8 +180,13 @@ def train(
 
         host_pools = make_pools(setup.env, config, run_dirs)
         update = make_host_update(trainer, config, host_pools)
+        devices = [jax.local_devices()[0]]
     else:
-        update = jax.jit(jax.vmap(trainer.update))
+        devices = seed_devices(config)
+        if len(devices) > 1:
+            update, placement = _shard_seeds(jax.vmap(trainer.update), devices)
+        else:
+            update = jax.jit(jax.vmap(trainer.update))
     state = init_seeds(trainer, config.seeds)
     start_update = 0
     if resume:
@@ -158,6 +200,8 @@ def train(
             state = jax.device_put(_stack(restored))
     else:
         run_dirs = runs.create_run_dirs(out, config)
+    if len(devices) > 1:
+        state = jax.device_put(state, placement)
 
     num_updates = config.num_updates
     if start_update >= num_updates:
@@ -168,7 +212,11 @@ def train(
             path = run_dir / "summary.json"
             if not path.exists():
                 seed_config = runs.config_for_seed(config, seed, run_dir)
-                runs.write_summary(run_dir, seed_config, {"head_names": trainer.head_names})
+                runs.write_summary(
+                    run_dir,
+                    seed_config,
+                    {"head_names": trainer.head_names, "devices": len(devices)},
+                )
             summaries.append(json.loads(path.read_text()))
         return summaries
 
@@ -189,7 +237,7 @@ def train(
             feedback.load(start_update)
     try:
         summaries = _loop(
-            config, out, setup, update, state, start_update, run_dirs, feedback, quiet
+            config, out, setup, update, state, start_update, run_dirs, feedback, quiet, len(devices)
         )
     finally:
         if feedback is not None:
@@ -234,8 +282,10 @@ def _loop(
     run_dirs: list[Path],
     feedback: Any,
     quiet: bool,
+    num_devices: int = 1,
 ) -> list[dict[str, Any]]:
-    """The training loop proper: updates, metrics, checkpoints, progress, interrupts."""
+    """The training loop proper: updates, metrics, checkpoints, progress, interrupts.
+    num_devices: how many devices the seeds are spread over (recorded in summary.json)."""
     trainer = setup.trainer
     num_updates = config.num_updates
     writers = [runs.MetricsWriter(d, start_update) for d in run_dirs]
@@ -326,7 +376,11 @@ def _loop(
         writer.close()
         seed_config = runs.config_for_seed(config, seed, run_dir)
         summaries.append(
-            runs.write_summary(run_dir, seed_config, {"head_names": list(trainer.head_names)})
+            runs.write_summary(
+                run_dir,
+                seed_config,
+                {"head_names": list(trainer.head_names), "devices": num_devices},
+            )
         )
     return summaries
 

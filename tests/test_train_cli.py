@@ -157,6 +157,40 @@ def test_several_seeds_train_together_into_one_directory_each(cli, tmp_path):
     assert result.stdout.count("seed ") == 3
 
 
+def test_seeds_spread_over_devices_match_one_device_and_resume_identically(cli, tmp_path):
+    # A fresh process gets one CPU device per seed (`train.request_cpu_devices`), and each trains
+    # its seed alone (`shard_map` over a vmap of one). The programs differ from the 4-wide vmap
+    # of devices=1 only in how XLA compiles them, so the first update agrees to float rounding,
+    # seed by seed: a seed trained on the wrong device, or with another seed's data, would not.
+    common = [
+        "--env", "navix:Navix-DoorKey-5x5-v0", "--steps", "2048", "--seeds", "0,1,2,3",
+        "--num-envs", "8", "--quiet", "--reward", "rnd", "network.kind=mlp", "ppo.num_steps=32",
+        "checkpoint_every=2",
+    ]  # fmt: skip
+    spread, single = tmp_path / "spread", tmp_path / "single"
+    assert cli("train", *common, "--out", str(spread)).returncode == 0
+    result = cli("train", *common, "--out", str(single), "devices=1")
+    assert result.returncode == 0, result.stderr
+    for seed in range(4):
+        one = json.loads((spread / f"seed_{seed}" / "summary.json").read_text())
+        assert one["devices"] == 4
+        assert json.loads((single / f"seed_{seed}" / "summary.json").read_text())["devices"] == 1
+        first = runs.read_metrics(spread / f"seed_{seed}")[0]
+        other = runs.read_metrics(single / f"seed_{seed}")[0]
+        assert first.keys() == other.keys()
+        for key in first:
+            assert first[key] == pytest.approx(other[key], rel=1e-3, abs=1e-5), (seed, key)
+    # Resuming from the checkpoint before the last one retrains the last updates bit for bit.
+    reference = {seed: _metrics_bytes(spread / f"seed_{seed}") for seed in range(4)}
+    last = runs.checkpoint_updates(spread / "seed_0")[-1]
+    for seed in range(4):
+        (spread / f"seed_{seed}" / "summary.json").unlink()
+        (spread / f"seed_{seed}" / "checkpoints" / f"update-{last:08d}.npz").unlink()
+    resumed = cli("train", "--resume", str(spread), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert {seed: _metrics_bytes(spread / f"seed_{seed}") for seed in range(4)} == reference
+
+
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(cli, tmp_path):
     out = tmp_path / "nan"
     result = cli(
