@@ -21,6 +21,8 @@ from autotelic.rewards.base import REGISTRY, RewardSource, Transition, resolve_p
 from autotelic.rewards.e3b import elliptical_bonus, reset_cov_inverse
 from autotelic.rewards.episodic import (
     KNN_BLOCK,
+    KNN_FIRST_BLOCK,
+    KNN_ROWS,
     episodic_novelty,
     lifelong_multiplier,
     memory_insert,
@@ -250,11 +252,19 @@ def test_memory_is_a_ring_buffer_once_full():
     assert int(same_size[0]) == 5
 
 
+def brute_force_nearest(memory: np.ndarray, size: int, query: np.ndarray, k: int) -> np.ndarray:
+    filled = memory[: min(size, memory.shape[0])]
+    return np.sort(np.sum(np.square(filled - query), axis=-1))[:k]
+
+
 def test_blocked_nearest_neighbours_equal_a_brute_force_search_over_the_filled_slots():
-    # Capacity past two blocks, with a last block that overlaps the one before it; envs whose
-    # memory is empty, partly filled, filled into the last block, and wrapped around (ring).
-    capacity = 2 * KNN_BLOCK + 76
-    sizes = [0, 5, 3, KNN_BLOCK + 7, 2 * KNN_BLOCK + 50, 3 * capacity + 11]
+    # Capacity past the first block and two more, the last overlapping the one before it; envs
+    # whose memory is empty, inside the first block, at its edge, in each later block, and
+    # wrapped around (ring). More live (env, block) pairs than one pass of the loop takes.
+    capacity = KNN_FIRST_BLOCK + 2 * KNN_BLOCK + 76
+    sizes = [0, 5, 3, KNN_FIRST_BLOCK, KNN_FIRST_BLOCK + 1, KNN_FIRST_BLOCK + KNN_BLOCK + 7]
+    sizes += [capacity - 3, 3 * capacity + 11] * 3
+    assert sum(min(s, capacity) > KNN_FIRST_BLOCK for s in sizes) * 2 > KNN_ROWS
     rng = np.random.default_rng(0)
     memory = rng.normal(size=(len(sizes), capacity, 3)).astype(np.float32)
     query = rng.normal(size=(len(sizes), 3)).astype(np.float32)
@@ -262,11 +272,29 @@ def test_blocked_nearest_neighbours_equal_a_brute_force_search_over_the_filled_s
         jnp.asarray(memory), jnp.asarray(sizes, jnp.int32), jnp.asarray(query), k=10
     )
     for env, size in enumerate(sizes):
-        filled = memory[env, : min(size, capacity)]
-        expected = np.sort(np.sum(np.square(filled - query[env]), axis=-1))[:10]
+        expected = brute_force_nearest(memory[env], size, query[env], 10)
         assert int(valid[env].sum()) == len(expected)
         np.testing.assert_allclose(np.asarray(sq[env])[: len(expected)], expected, rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(sq[env])[len(expected) :], 0.0)
+
+
+def test_blocked_nearest_neighbours_under_vmap_with_different_fills_per_seed():
+    # vmap over seeds turns the loop over live blocks into one that runs until every seed is
+    # done: a seed with one long memory and a seed with short ones must both stay exact.
+    capacity = KNN_FIRST_BLOCK + 3 * KNN_BLOCK
+    sizes = np.array([[2, 40, 7, capacity - 9], [3, 60, 1, 20]], np.int32)
+    rng = np.random.default_rng(1)
+    memory = rng.normal(size=(2, 4, capacity, 5)).astype(np.float32)
+    query = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    search = jax.jit(jax.vmap(lambda m, s, q: nearest_sq_distances(m, s, q, k=4)))
+    sq, valid = search(jnp.asarray(memory), jnp.asarray(sizes), jnp.asarray(query))
+    for seed in range(2):
+        for env in range(4):
+            expected = brute_force_nearest(memory[seed, env], sizes[seed, env], query[seed, env], 4)
+            assert int(valid[seed, env].sum()) == len(expected)
+            np.testing.assert_allclose(
+                np.asarray(sq[seed, env])[: len(expected)], expected, rtol=1e-6
+            )
 
 
 def test_episodic_novelty_of_repeated_observation_drops_and_resets_at_episode_start():

@@ -25,7 +25,7 @@ the real next observation, like RND (so episodic and lifelong terms score the sa
 transition's s_t enters M just before s_{t+1} is scored, so M holds s_0..s_t when s_{t+1} is
 scored, as in NGU where every observation of the episode enters the memory. (s_t is embedded
 with the current f; it equals the previous transition's s_{t+1} except at an episode start.)
-The kNN search scans only the filled part of the memories (see `nearest_sq_distances`).
+The kNN search scans only the filled part of each env's memory (see `nearest_sq_distances`).
 
 Memory: `[N, capacity, d]` per env with the number of insertions this episode; the effective
 capacity is min(capacity, max_steps + 1), which holds a whole episode. With a smaller
@@ -136,8 +136,12 @@ def memory_insert(memory: Array, size: Array, embedding: Array, insert: Array) -
     return memory, size + insert.astype(size.dtype)
 
 
-# Memory slots scanned per block by `nearest_sq_distances`.
+# How `nearest_sq_distances` splits a memory: the first `KNN_FIRST_BLOCK` slots of every env
+# are scanned together; the rest in blocks of `KNN_BLOCK` slots, `KNN_ROWS` (env, block) pairs
+# at a time.
+KNN_FIRST_BLOCK = 128
 KNN_BLOCK = 512
+KNN_ROWS = 8
 
 
 def nearest_sq_distances(memory: Array, size: Array, query: Array, k: int) -> tuple[Array, Array]:
@@ -145,32 +149,54 @@ def nearest_sq_distances(memory: Array, size: Array, query: Array, k: int) -> tu
     `memory: [N, C, d]`, ascending, and which of them exist (fewer than k entries early in an
     episode). Returns (sq_distances [N, k'] f32, valid [N, k'] bool), k' = min(k, C).
 
-    The memory is scanned in blocks of `KNN_BLOCK` slots, only as far as the fullest env's memory
-    reaches, keeping a running k-best; the result is the same as one top-k over every filled slot,
-    and a step costs in proportion to the current episode lengths rather than to the capacity."""
+    The result is one exact top-k over every filled slot; the cost follows each env's own fill.
+    The first `KNN_FIRST_BLOCK` slots are scanned for every env at once. Past them the memory is
+    cut into blocks of `KNN_BLOCK` slots, and only the (env, block) pairs that hold filled slots
+    are scanned, `KNN_ROWS` pairs per pass of a loop, each keeping its own k best; a last top-k
+    merges them. So one env stuck in a long episode costs its own blocks, not a scan of every
+    env's memory up to its length (which made a late DoorKey-16x16 rollout, short episodes but
+    one env at 2,550 steps, pay 4-6x more for the kNN)."""
     num_envs, capacity, _ = memory.shape
     kept = min(k, capacity)
     filled = jnp.minimum(size, capacity)
+    first_width = min(KNN_FIRST_BLOCK, capacity)
+    first = jax.lax.slice_in_dim(memory, 0, first_width, axis=1)
+    sq = jnp.sum(jnp.square(first - query[:, None, :]), axis=-1)  # [N, first_width]
+    sq = jnp.where(jnp.arange(first_width)[None, :] < filled[:, None], sq, jnp.inf)
+    negated = jax.lax.top_k(-sq, kept)[0]
+    rest = capacity - first_width
+    if rest > 0:
+        width = min(KNN_BLOCK, rest)
+        blocks = -(-rest // width)
+        pairs = num_envs * blocks
+        pair_env = jnp.repeat(jnp.arange(num_envs), blocks)
+        pair_start = first_width + jnp.tile(jnp.arange(blocks), num_envs) * width
+        live = pair_start < filled[pair_env]
+        todo = jnp.nonzero(live, size=pairs, fill_value=0)[0]  # the live pairs first
+        count = live.sum()
+        rows = min(KNN_ROWS, pairs)
 
-    def block_distances(start: Array, width: int) -> Array:
-        # A block that would run past the end is moved back; slots it repeats are masked out.
-        begin = jnp.minimum(start, capacity - width)
-        block = jax.lax.dynamic_slice_in_dim(memory, begin, width, axis=1)
-        sq = jnp.sum(jnp.square(block - query[:, None, :]), axis=-1)  # [N, width]
-        slot = begin + jnp.arange(width)[None, :]
-        return jnp.where((slot >= start) & (slot < filled[:, None]), sq, jnp.inf)
+        def scan_pairs(carry: tuple[Array, Array]) -> tuple[Array, Array]:
+            step, best = carry
+            position = step * rows + jnp.arange(rows)
+            pair = todo[jnp.minimum(position, pairs - 1)]
+            env, start = pair_env[pair], pair_start[pair]
+            # A block that would run past the end is moved back; slots it repeats are masked.
+            slot = jnp.minimum(start, capacity - width)[:, None] + jnp.arange(width)[None, :]
+            block = memory[env[:, None], slot]  # [rows, width, d]
+            sq = jnp.sum(jnp.square(block - query[env][:, None, :]), axis=-1)
+            sq = jnp.where((slot >= start[:, None]) & (slot < filled[env][:, None]), sq, jnp.inf)
+            top = jax.lax.top_k(-sq, kept)[0]
+            # Positions past the live pairs write to spare rows that are dropped below.
+            target = jnp.where(position < count, pair, pairs + jnp.arange(rows))
+            return step + 1, best.at[target].set(top)
 
-    if capacity <= KNN_BLOCK:
-        negated, _ = jax.lax.top_k(-block_distances(jnp.int32(0), capacity), kept)
-    else:
-
-        def scan_block(i: Array, negated: Array) -> Array:
-            sq = block_distances(i * KNN_BLOCK, KNN_BLOCK)
-            return jax.lax.top_k(jnp.concatenate([negated, -sq], axis=1), kept)[0]
-
-        blocks = (filled.max() + KNN_BLOCK - 1) // KNN_BLOCK
-        negated = jnp.full((num_envs, kept), -jnp.inf, jnp.float32)
-        negated = jax.lax.fori_loop(0, blocks, scan_block, negated)
+        best = jnp.full((pairs + rows, kept), -jnp.inf, jnp.float32)
+        _, best = jax.lax.while_loop(
+            lambda carry: carry[0] * rows < count, scan_pairs, (jnp.int32(0), best)
+        )
+        candidates = best[:pairs].reshape(num_envs, blocks * kept)
+        negated = jax.lax.top_k(jnp.concatenate([negated, candidates], axis=1), kept)[0]
     nearest = -negated
     valid = jnp.isfinite(nearest)
     return jnp.where(valid, nearest, 0.0), valid
