@@ -263,7 +263,7 @@ def test_blocked_nearest_neighbours_equal_a_brute_force_search_over_the_filled_s
     # wrapped around (ring). More live (env, block) pairs than one pass of the loop takes.
     capacity = KNN_FIRST_BLOCK + 2 * KNN_BLOCK + 76
     sizes = [0, 5, 3, KNN_FIRST_BLOCK, KNN_FIRST_BLOCK + 1, KNN_FIRST_BLOCK + KNN_BLOCK + 7]
-    sizes += [capacity - 3, 3 * capacity + 11] * 3
+    sizes += [capacity - 3, 3 * capacity + 11] * (KNN_ROWS // 2)
     assert sum(min(s, capacity) > KNN_FIRST_BLOCK for s in sizes) * 2 > KNN_ROWS
     rng = np.random.default_rng(0)
     memory = rng.normal(size=(len(sizes), capacity, 3)).astype(np.float32)
@@ -276,6 +276,14 @@ def test_blocked_nearest_neighbours_equal_a_brute_force_search_over_the_filled_s
         assert int(valid[env].sum()) == len(expected)
         np.testing.assert_allclose(np.asarray(sq[env])[: len(expected)], expected, rtol=1e-6)
         np.testing.assert_array_equal(np.asarray(sq[env])[len(expected) :], 0.0)
+    # Every env filled past the first block and into the next ones, each to its own length.
+    long_sizes = [KNN_FIRST_BLOCK + KNN_BLOCK + 1 + 37 * i for i in range(len(sizes))]
+    sq, _ = nearest_sq_distances(
+        jnp.asarray(memory), jnp.asarray(long_sizes, jnp.int32), jnp.asarray(query), k=10
+    )
+    for env, size in enumerate(long_sizes):
+        expected = brute_force_nearest(memory[env], size, query[env], 10)
+        np.testing.assert_allclose(np.asarray(sq[env]), expected, rtol=1e-6)
 
 
 def test_blocked_nearest_neighbours_under_vmap_with_different_fills_per_seed():
