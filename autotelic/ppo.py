@@ -291,6 +291,10 @@ def make_trainer(
         )
         intrinsic, source_states = [], []
         for source, source_state in zip(sources, state.source_states, strict=True):
+            if source.rollout_reward is not None:  # scored in `learn`, over the whole rollout
+                intrinsic.append(jnp.zeros_like(step.reward, jnp.float32))
+                source_states.append(source_state)
+                continue
             reward, source_state = source.reward(source_state, transition)
             intrinsic.append(reward.astype(jnp.float32))
             source_states.append(source_state)
@@ -415,6 +419,24 @@ def make_trainer(
         reward-source updates. `state` is the state after the rollout's last step and
         `initial_carry` the recurrent state at its first step."""
         _, _, last_values = network.apply(state.params, state.carry, state.obs, state.episode_start)
+        transitions = Transition(
+            obs=rollout.obs,
+            action=rollout.action,
+            next_obs=rollout.next_obs,
+            terminated=rollout.terminated,
+            truncated=rollout.truncated,
+            extrinsic=rollout.rewards[..., 0],
+            caption=rollout.caption,
+        )
+        # Sources that score a whole rollout at once: `observe` left their column at 0.
+        scored_states = list(state.source_states)
+        for k, source in enumerate(sources):
+            if source.rollout_reward is not None:
+                reward, scored_states[k] = source.rollout_reward(scored_states[k], transitions)
+                rollout = rollout._replace(
+                    rewards=rollout.rewards.at[..., k + 1].set(reward.astype(jnp.float32))
+                )
+        state = state._replace(source_states=tuple(scored_states))
 
         # Intrinsic reward normalization, one stream per head.
         dones = rollout.terminated | rollout.truncated
@@ -499,15 +521,6 @@ def make_trainer(
                 sil_config, sil_state, params, k_sil, apply_single, sil_optimizer
             )
 
-        transitions = Transition(
-            obs=rollout.obs,
-            action=rollout.action,
-            next_obs=rollout.next_obs,
-            terminated=rollout.terminated,
-            truncated=rollout.truncated,
-            extrinsic=rollout.rewards[..., 0],
-            caption=rollout.caption,
-        )
         source_states, source_metrics = [], {}
         src_keys = jax.random.split(k_sources, max(1, len(sources)))
         for i, (name, source, source_state) in enumerate(

@@ -8,7 +8,9 @@ The transitions are real: N envs stepped with uniformly random actions, T steps 
 `--warm-rollouts` rollouts go through the source first (rewards and updates, untimed), so
 per-episode state such as the episodic memory is as full as it would be that far into a run of
 a random policy. Then `--repeats` further rollouts are timed, each as one compiled call of the
-reward scan and one of the update; the medians are reported. Not part of the test suite.
+rewards and one of the update; the medians are reported. Rewards are scored as the training loop
+scores them: a whole rollout at once where the source can (`rollout_reward`), else one step at a
+time (`--step-by-step` forces that). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=64)
     parser.add_argument("--warm-rollouts", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--step-by-step",
+        action="store_true",
+        help="score with `reward` one step at a time even where the source scores a rollout at "
+        "once (the training loop's path)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
 
@@ -57,9 +65,14 @@ def main() -> None:
         return (env_state, result.obs, key), transition
 
     collect = jax.jit(lambda carry: jax.lax.scan(env_step, carry, None, num_steps))
-    rewards = jax.jit(
-        lambda state, batch: jax.lax.scan(lambda s, t: source.reward(s, t)[::-1], state, batch)
-    )
+    rewards_at_once = source.rollout_reward is not None and not args.step_by_step
+    if rewards_at_once:
+        # What the training loop runs: the whole rollout scored at once.
+        rewards = jax.jit(lambda state, batch: source.rollout_reward(state, batch)[::-1])
+    else:
+        rewards = jax.jit(
+            lambda state, batch: jax.lax.scan(lambda s, t: source.reward(s, t)[::-1], state, batch)
+        )
     update = jax.jit(source.update)
 
     key = jax.random.PRNGKey(0)
@@ -91,6 +104,7 @@ def main() -> None:
         "num_envs": num_envs,
         "num_steps": num_steps,
         "warm_rollouts": args.warm_rollouts,
+        "scored": "rollout" if rewards_at_once else "step by step",
         "reward_ms_per_rollout": round(reward_ms, 1),
         "update_ms_per_rollout": round(update_ms, 1),
         "source_steps_per_second": round(batch_size / ((reward_ms + update_ms) / 1e3)),

@@ -335,6 +335,62 @@ def test_episodic_novelty_of_repeated_observation_drops_and_resets_at_episode_st
     assert reward[5:12, 1].min() > reward[5:12, 0].max()
 
 
+@pytest.mark.parametrize(
+    "capacity, lifelong",
+    [(7, False), (KNN_FIRST_BLOCK + KNN_BLOCK + 30, True)],
+    ids=["ring-buffer-wraps-inside-a-rollout", "memory-past-two-blocks-lifelong"],
+)
+def test_rollout_reward_equals_the_step_by_step_reward_and_state(capacity, lifelong):
+    # The training loop scores a rollout at once (`rollout_reward`); `reward`, one step at a
+    # time, is the definition. Envs end episodes never, rarely, often, and at the very first step
+    # of a rollout; observations repeat (zero distances, ties) or are fresh; the memory wraps
+    # (capacity 7 < T) or grows past the first two blocks of the search; f is retrained between
+    # rollouts so memories hold embeddings of older f's.
+    spec = EnvSpec("test-vector", (5,), "float32", "vector", 3, 100_000)
+    source = build("episodic", spec, capacity=capacity, lifelong=lifelong, **SMALL)
+    num_steps, num_envs, rollouts = 48, 5, 14
+    rng = np.random.default_rng(7)
+    palette = rng.normal(size=(6, 5)).astype(np.float32)
+    end_rate = np.array([0.0, 0.005, 0.05, 0.3, 0.0])
+
+    def step(carry: Any, transition: Transition) -> tuple[Any, Any]:
+        reward, carry = source.reward(carry, transition)
+        return carry, reward
+
+    scan_rewards = jax.jit(lambda s, b: jax.lax.scan(step, s, b))
+    batched = jax.jit(source.rollout_reward)
+    update = jax.jit(source.update)
+    state = source.init(jax.random.PRNGKey(0), spec, num_envs)
+    stream = palette[rng.integers(0, 6, size=(num_envs,))]
+    for r in range(rollouts):
+        fresh = rng.normal(size=(num_steps, num_envs, 5)).astype(np.float32)
+        repeat = palette[rng.integers(0, 6, size=(num_steps, num_envs))]
+        next_obs = np.where(rng.random((num_steps, num_envs, 1)) < 0.5, fresh, repeat)
+        obs = np.concatenate([stream[None], next_obs[:-1]], axis=0)
+        done = rng.random((num_steps, num_envs)) < end_rate
+        done[num_steps - 1, 4] = r % 3 == 0  # env 4: the next rollout opens an episode
+        batch = transitions(obs, next_obs, rng.integers(0, 3, (num_steps, num_envs)), done)
+        stepped, expected = scan_rewards(state, batch)
+        reward, scored = batched(state, batch)
+        # The rollout path expands |q - m|^2 = |q|^2 + |m|^2 - 2 q.m: rounding, not exactness.
+        np.testing.assert_allclose(reward, expected, rtol=2e-4, atol=1e-5)
+        for field in ("memory", "distance_mean", "distance_count", "error_stats"):
+            for a, b in zip(
+                jax.tree_util.tree_leaves(getattr(scored, field)),
+                jax.tree_util.tree_leaves(getattr(stepped, field)),
+                strict=True,
+            ):
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=field)
+        np.testing.assert_array_equal(scored.size, stepped.size)
+        np.testing.assert_array_equal(scored.episode_start, stepped.episode_start)
+        state, _ = update(stepped, batch, jax.random.PRNGKey(r))
+        stream = next_obs[-1]
+    sizes = np.asarray(state.size)
+    assert sizes[0] == rollouts * num_steps  # env 0 never ended an episode
+    if capacity > KNN_FIRST_BLOCK + KNN_BLOCK:
+        assert sizes.max() > KNN_FIRST_BLOCK + KNN_BLOCK  # the search reached the third block
+
+
 # ------------------------------------------------------------------------------ learning
 
 

@@ -5,6 +5,7 @@ A reward source is three pure functions over an explicit state pytree, in the ma
 
     init(key, spec, num_envs) -> state
     reward(state, transition) -> (reward [N] f32, state)    every env step, in the rollout
+    rollout_reward(state, rollout) -> (reward [T, N], state)   optional, the same over a rollout
     update(state, rollout, key) -> (state, metrics)         once per PPO update
 
 `reward` runs inside the rollout's `lax.scan`, batched over the N envs, on one *real* transition
@@ -73,9 +74,16 @@ def merge_moments(
 
 
 class RewardSource(NamedTuple):
+    """`rollout_reward`, when a source has it, is `reward` over a whole rollout at once:
+    `rollout_reward(state, transitions [T, N, ...]) -> (rewards [T, N], state)` gives what T
+    calls of `reward` give. The training loop then scores the rollout after it is collected
+    (no action depends on an intrinsic reward), which lets a source batch work that one step at a
+    time cannot (episodic kNN: one pass over each env's memory for all T queries)."""
+
     init: Callable[[Array, EnvSpec, int], Any]
     reward: Callable[[Any, Transition], tuple[Array, Any]]
     update: Callable[[Any, Transition, Array], tuple[Any, dict[str, Array]]]
+    rollout_reward: Callable[[Any, Transition], tuple[Array, Any]] | None = None
 
 
 NORMALIZATIONS = ("return_std", "none")
