@@ -86,6 +86,24 @@ class RewardSource(NamedTuple):
     rollout_reward: Callable[[Any, Transition], tuple[Array, Any]] | None = None
 
 
+def stateless_rollout_reward(
+    reward: Callable[[Any, Transition], tuple[Array, Any]],
+) -> Callable[[Any, Transition], tuple[Array, Any]]:
+    """`rollout_reward` for a source whose `reward` reads its state and never changes it (RND's
+    prediction error): one call on the rollout flattened to `[T * N]`, one batch for the networks
+    instead of T small ones. Not a gain for every network on a CPU: ICM's conv trunk on one batch
+    of 4,096 DoorKey views took 151 ms against 98 ms in 64 batches of 64, so ICM scores step by
+    step."""
+
+    def rollout_reward(state: Any, rollout: Transition) -> tuple[Array, Any]:
+        steps, num_envs = rollout.action.shape[:2]
+        flat = jax.tree_util.tree_map(lambda x: x.reshape(steps * num_envs, *x.shape[2:]), rollout)
+        reward_, _ = reward(state, flat)
+        return reward_.reshape(steps, num_envs), state
+
+    return rollout_reward
+
+
 NORMALIZATIONS = ("return_std", "none")
 
 

@@ -25,7 +25,13 @@ the real next observation, like RND (so episodic and lifelong terms score the sa
 transition's s_t enters M just before s_{t+1} is scored, so M holds s_0..s_t when s_{t+1} is
 scored, as in NGU where every observation of the episode enters the memory. (s_t is embedded
 with the current f; it equals the previous transition's s_{t+1} except at an episode start.)
-The kNN search scans only the filled part of each env's memory (see `nearest_sq_distances`).
+The kNN search scans only the filled part of each env's memory (see `nearest_in_memory`).
+
+`reward` scores one step; the training loop calls `rollout_reward`, which gives the same rewards
+and state for a whole rollout at once (no action depends on the intrinsic reward): the T steps'
+embeddings in one batch, each env's memory searched once for all T queries (a matrix product per
+block instead of T passes over it), and the rollout's own insertions, visible to the later steps
+of their episode, searched as a [T, T] block per env.
 
 Memory: `[N, capacity, d]` per env with the number of insertions this episode; the effective
 capacity is min(capacity, max_steps + 1), which holds a whole episode. With a smaller

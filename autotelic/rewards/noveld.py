@@ -122,13 +122,33 @@ def build(params: NovelDParams, spec: EnvSpec) -> RewardSource:
         bonus = jnp.where(distiller.ready(state.distill), bonus, 0.0)
         return bonus, state._replace(memory=memory)
 
+    def rollout_reward(state: NovelDState, rollout: Transition) -> tuple[Array, NovelDState]:
+        """`reward` over a rollout (`[T, N, ...]` leaves): the novelties in one batch, the
+        first-visit memory stepped through the T steps in order."""
+        steps, num_envs = rollout.action.shape[:2]
+        next_obs, obs = flatten_rollout(rollout.next_obs), flatten_rollout(rollout.obs)
+        gain = novelty(state.distill, next_obs) - params.alpha * novelty(state.distill, obs)
+        key_a, key_b = observation_fingerprint(next_obs, multipliers)
+
+        def visit(memory: EpisodicMemory, x: tuple[Array, ...]) -> tuple[EpisodicMemory, Array]:
+            return first_visits(memory, *x)
+
+        memory, first = jax.lax.scan(
+            visit,
+            state.memory,
+            (key_a.reshape(steps, num_envs), key_b.reshape(steps, num_envs), rollout.done),
+        )
+        bonus = jnp.maximum(gain.reshape(steps, num_envs), 0.0) * first
+        bonus = jnp.where(distiller.ready(state.distill), bonus, 0.0)
+        return bonus, state._replace(memory=memory)
+
     def update(
         state: NovelDState, rollout: Transition, key: Array
     ) -> tuple[NovelDState, dict[str, Array]]:
         distill, metrics = distiller.train(state.distill, flatten_rollout(rollout.next_obs), key)
         return state._replace(distill=distill), metrics
 
-    return RewardSource(init, reward, update)
+    return RewardSource(init, reward, update, rollout_reward)
 
 
 def check(params: NovelDParams, spec: EnvSpec) -> None:

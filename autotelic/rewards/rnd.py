@@ -43,7 +43,15 @@ import optax
 from ..envs.base import EnvSpec
 from ..errors import UserError
 from ..networks import grid_one_hot
-from .base import HeadConfig, RewardSource, SourceEntry, Transition, merge_moments, register
+from .base import (
+    HeadConfig,
+    RewardSource,
+    SourceEntry,
+    Transition,
+    merge_moments,
+    register,
+    stateless_rollout_reward,
+)
 
 Array = jax.Array
 
@@ -318,7 +326,7 @@ def build(params: RNDParams, spec: EnvSpec) -> RewardSource:
     ) -> tuple[DistillState, dict[str, Array]]:
         return distiller.train(state, flatten_rollout(rollout.next_obs), key)
 
-    return RewardSource(init, reward, update)
+    return RewardSource(init, reward, update, stateless_rollout_reward(reward))
 
 
 def check(params: RNDParams, spec: EnvSpec) -> None:
