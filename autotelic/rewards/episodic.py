@@ -165,7 +165,14 @@ def nearest_sq_distances(memory: Array, size: Array, query: Array, k: int) -> tu
 
 
 def nearest_in_memory(
-    memory: Array, size: Array, query: Array, use: Array, count: Array, k: int, expanded: bool
+    memory: Array,
+    size: Array,
+    query: Array,
+    use: Array,
+    count: Array,
+    k: int,
+    expanded: bool,
+    merge: bool = True,
 ) -> Array:
     """Exact k nearest squared distances from each of Q queries per env to that env's memory.
 
@@ -175,7 +182,11 @@ def nearest_in_memory(
             `memory`, overwrite the oldest slots: an entry is seen only if it is among the last C)
     expanded: compute |q - m|^2 as |q|^2 + |m|^2 - 2 q.m, clamped at 0 (one matrix product per
             block; 1.7x faster for a rollout's 64 queries), else as the sum of squared differences
-    Returns the negated distances, `[N, Q, k']` descending (-inf where fewer than k' entries).
+    merge:  true: returns the negated distances, `[N, Q, k']` descending (-inf where fewer than
+            k' entries); false: returns `[N, Q, W]` negated candidates (-inf where none), W >= k',
+            whose top k' is that result, for a caller that merges them with candidates of its own
+            in one top-k (XLA's CPU top-k costs about 1.5 us per row whatever its width, so each
+            extra top-k over a rollout's 4,096 rows costs several ms)
 
     The cost follows each env's own fill. The first `KNN_FIRST_BLOCK` slots are scanned for every
     env at once. Past them the memory is cut into blocks of `KNN_BLOCK` slots, and only the
@@ -210,11 +221,10 @@ def nearest_in_memory(
     first_width = min(KNN_FIRST_BLOCK, capacity)
     first_slots = jnp.broadcast_to(jnp.arange(first_width), (num_envs, first_width))
     sq = distances(jax.lax.slice_in_dim(memory, 0, first_width, axis=1), query)
-    sq = jnp.where(visible(envs, first_slots), sq, jnp.inf)
-    negated = jax.lax.top_k(-sq, kept)[0]  # [N, Q, k']
+    negated = jnp.where(visible(envs, first_slots), -sq, -jnp.inf)  # [N, Q, first_width]
     rest = capacity - first_width
     if rest == 0:
-        return negated
+        return jax.lax.top_k(negated, kept)[0] if merge else negated
     num_queries = query.shape[1]
     width = min(KNN_BLOCK, rest)
     blocks = -(-rest // width)
@@ -246,7 +256,8 @@ def nearest_in_memory(
     )
     candidates = best[:pairs].reshape(num_envs, blocks, num_queries, kept)
     candidates = jnp.moveaxis(candidates, 1, 2).reshape(num_envs, num_queries, blocks * kept)
-    return jax.lax.top_k(jnp.concatenate([negated, candidates], axis=-1), kept)[0]
+    candidates = jnp.concatenate([negated, candidates], axis=-1)
+    return jax.lax.top_k(candidates, kept)[0] if merge else candidates
 
 
 def rollout_nearest(
@@ -277,14 +288,14 @@ def rollout_nearest(
     count = number + 1  # insertions made when phi_next[t] is scored
     # The memory's entries.
     query, inserted = jnp.swapaxes(phi_next, 0, 1), jnp.swapaxes(phi, 0, 1)
-    negated = nearest_in_memory(memory, size, query, carried.T, count.T, k, True)
+    negated = nearest_in_memory(memory, size, query, carried.T, count.T, k, True, merge=False)
     # The rollout's own insertions: [N, T (query), T (insertion)].
     sq = jnp.sum(jnp.square(inserted[:, None, :, :] - query[:, :, None, :]), axis=-1)
     t, tau = steps.T[:, :, None], steps.T[:, None, :]  # [1, T, 1], [1, 1, T]
     seen = (tau <= t) & (segment.T[:, None, :] == segment.T[:, :, None])
     seen &= number.T[:, None, :] >= (count.T - capacity)[:, :, None]
     negated = jnp.concatenate([negated, jnp.where(seen, -sq, -jnp.inf)], axis=-1)
-    nearest = -jax.lax.top_k(negated, kept)[0]  # [N, T, k']
+    nearest = -jax.lax.top_k(negated, kept)[0]  # [N, T, k'], one top-k for all candidates
     valid = jnp.isfinite(nearest)
     nearest = jnp.swapaxes(jnp.where(valid, nearest, 0.0), 0, 1)
     # Write the insertions, the last one of each slot only (a scatter with repeated slots
