@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from autotelic.envs.base import EnvSpec
@@ -28,7 +29,7 @@ from autotelic.rewards.episodic import (
     memory_insert,
     nearest_sq_distances,
 )
-from autotelic.rewards.inverse_dynamics import make_inverse_dynamics
+from autotelic.rewards.inverse_dynamics import EmbeddingState, fit, make_inverse_dynamics
 from autotelic.rewards.rnd import ObsStats
 
 SMALL = {"hidden": 32, "embedding_dim": 8}
@@ -547,9 +548,36 @@ def test_embedding_reads_integer_grid_codes():
         ("episodic", {"max_modulation": 0.5}, "max_modulation"),
         ("episodic", {"embedding_dim": 0}, "sources.episodic.embedding_dim must be >= 1"),
         ("episodic", {"trunk": "transformer"}, "sources.episodic.trunk must be one of cnn, mlp"),
+        ("episodic", {"update_proportion": 0.0}, r"sources.episodic.update_proportion must be in"),
+        ("e3b", {"update_proportion": 1.5}, r"sources.e3b.update_proportion must be in \(0, 1\]"),
     ],
 )
 def test_bad_settings_are_user_errors_naming_the_option(name, overrides, message):
     spec = EnvSpec("test-vector", (6,), "float32", "vector", 4, 20)
     with pytest.raises(UserError, match=message):
         build(name, spec, **overrides)
+
+
+@pytest.mark.parametrize(("proportion", "drawn"), [(1.0, 64), (0.25, 16), (0.3, 16)])
+def test_fit_trains_each_pass_on_a_fresh_subset_of_the_given_proportion(proportion, drawn):
+    """Each pass of `fit` uses round(p * B) samples (less the shuffle's remainder), each once,
+    and different passes draw different subsets. Plain SGD with step 1 on loss -sum(w[index])
+    adds 1 to w[i] every time sample i is used, so w counts the uses."""
+    batch = {"index": jnp.arange(64)}
+    optimizer = optax.sgd(1.0)
+    params = {"w": jnp.zeros(64)}
+    state = EmbeddingState(params, optimizer.init(params))
+
+    def loss_fn(params, minibatch):
+        loss = -jnp.sum(params["w"][minibatch["index"]])
+        return loss, {"loss": loss}
+
+    one, _ = fit(loss_fn, optimizer, state, batch, jax.random.PRNGKey(0), 1, 4, proportion)
+    uses = np.asarray(one.params["w"])
+    assert sorted(set(uses.tolist())) == ([1.0] if drawn == 64 else [0.0, 1.0])
+    assert uses.sum() == drawn
+    three, _ = fit(loss_fn, optimizer, state, batch, jax.random.PRNGKey(0), 3, 4, proportion)
+    uses = np.asarray(three.params["w"])
+    assert uses.sum() == 3 * drawn and uses.max() <= 3
+    if drawn < 64:
+        assert ((uses > 0) & (uses < 3)).any()  # not the same subset three times

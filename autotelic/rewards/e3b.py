@@ -67,6 +67,8 @@ class E3BParams(HeadConfig):
     trunk:         encoder before the embedding layer: "cnn" (the paper's conv stack) or
                    "mlp" (two tanh layers, about 3x cheaper on a CPU)
     update_epochs, num_minibatches: passes over the rollout and minibatches per pass
+    update_proportion:  fraction of the rollout the embedding trains on in each pass, a fresh
+                        random subset per pass (1.0: all of it, the reference setting)
     """
 
     coef: float = 1.0
@@ -82,6 +84,7 @@ class E3BParams(HeadConfig):
     trunk: str = "cnn"
     update_epochs: int = 1
     num_minibatches: int = 4
+    update_proportion: float = 1.0
 
 
 class E3BState(NamedTuple):
@@ -128,6 +131,7 @@ def make_e3b(params: E3BParams, spec: EnvSpec) -> RewardSource:
         params.update_epochs,
         params.num_minibatches,
         params.trunk,
+        update_proportion=params.update_proportion,
     )
 
     def init(key: Array, spec: EnvSpec, num_envs: int) -> E3BState:

@@ -85,6 +85,8 @@ class EpisodicParams(HeadConfig):
     trunk:              encoder before the embedding layer: "cnn" (the paper's conv stack) or
                         "mlp" (two tanh layers, about 3x cheaper on a CPU)
     update_epochs, num_minibatches: passes over the rollout and minibatches per pass
+    update_proportion:  fraction of the rollout the embedding trains on in each pass, a fresh
+                        random subset per pass (1.0: all of it, the reference setting)
     """
 
     coef: float = 0.3
@@ -106,6 +108,7 @@ class EpisodicParams(HeadConfig):
     trunk: str = "cnn"
     update_epochs: int = 1
     num_minibatches: int = 4
+    update_proportion: float = 1.0
 
 
 class EpisodicState(NamedTuple):
@@ -366,6 +369,7 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
         params.update_epochs,
         params.num_minibatches,
         params.trunk,
+        update_proportion=params.update_proportion,
     )
     capacity = effective_capacity(params, spec)
     distiller = Distiller(RNDParams(), spec) if params.lifelong else None

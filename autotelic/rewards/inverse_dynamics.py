@@ -114,17 +114,21 @@ def fit(
     key: Array,
     update_epochs: int,
     num_minibatches: int,
+    update_proportion: float = 1.0,
 ) -> tuple[EmbeddingState, dict[str, Array]]:
     """`update_epochs` passes over `batch` (leaves `[B, ...]`) in `num_minibatches` shuffled
     minibatches; one Adam step per minibatch, so each sample is used once per epoch as in the
     reference implementations (one gradient step per collected batch). The `B mod num_minibatches`
-    samples left over by the shuffle are skipped in that epoch.
+    samples left over by the shuffle are skipped in that epoch. With `update_proportion` p < 1
+    each pass trains on a fresh random subset of round(p * B) samples (as RND's option of that
+    name), and the samples left out cost nothing.
 
     Returns the new state and the mean of `loss_fn`'s metrics over all steps.
     """
     size = jax.tree_util.tree_leaves(batch)[0].shape[0]
-    num_minibatches = max(1, min(num_minibatches, size))
-    minibatch_size = size // num_minibatches
+    drawn = max(1, round(update_proportion * size))
+    num_minibatches = max(1, min(num_minibatches, drawn))
+    minibatch_size = drawn // num_minibatches
     used = minibatch_size * num_minibatches
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -157,6 +161,7 @@ class InverseDynamics:
     optimizer: optax.GradientTransformation
     update_epochs: int
     num_minibatches: int
+    update_proportion: float = 1.0
 
     def init(self, key: Array) -> EmbeddingState:
         k_embed, k_inverse = jax.random.split(key)
@@ -193,6 +198,7 @@ class InverseDynamics:
             key,
             self.update_epochs,
             self.num_minibatches,
+            self.update_proportion,
         )
 
 
@@ -205,6 +211,7 @@ def make_inverse_dynamics(
     update_epochs: int,
     num_minibatches: int,
     trunk: str = "cnn",
+    update_proportion: float = 1.0,
 ) -> InverseDynamics:
     return InverseDynamics(
         embedding=Embedding(spec, hidden, embedding_dim, encoding, trunk),
@@ -212,14 +219,15 @@ def make_inverse_dynamics(
         optimizer=make_optimizer(learning_rate),
         update_epochs=update_epochs,
         num_minibatches=num_minibatches,
+        update_proportion=update_proportion,
     )
 
 
 def check_embedding_params(name: str, params: Any, spec: EnvSpec) -> None:
     """UserError unless the embedding options of source `name` are usable on `spec`.
 
-    Reads `embedding_dim`, `hidden`, `encoding`, `trunk`, `learning_rate`, `update_epochs` and
-    `num_minibatches` from `params`.
+    Reads `embedding_dim`, `hidden`, `encoding`, `trunk`, `learning_rate`, `update_epochs`,
+    `num_minibatches` and `update_proportion` (if it has one) from `params`.
     """
     prefix = f"sources.{name}."
     if spec.obs_kind not in OBS_KINDS:
@@ -238,6 +246,9 @@ def check_embedding_params(name: str, params: Any, spec: EnvSpec) -> None:
             raise UserError(f"{prefix}{field_name} must be >= 1, got {value}.")
     if not params.learning_rate > 0:
         raise UserError(f"{prefix}learning_rate must be > 0, got {params.learning_rate}.")
+    proportion = getattr(params, "update_proportion", 1.0)
+    if not 0.0 < proportion <= 1.0:
+        raise UserError(f"{prefix}update_proportion must be in (0, 1], got {proportion}.")
     if params.encoding not in ENCODINGS:
         raise UserError(
             f"{prefix}encoding must be one of {', '.join(ENCODINGS)}, got {params.encoding!r}."
