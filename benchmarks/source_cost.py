@@ -16,6 +16,7 @@ time (`--step-by-step` forces that). Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -25,8 +26,7 @@ import jax
 
 from autotelic import config as config_module
 from autotelic import envs
-from autotelic.envs.base import step_envs
-from autotelic.rewards.base import Transition, build_sources
+from autotelic.rewards.base import build_sources, random_rollouts, scan_reward
 
 
 def main() -> None:
@@ -54,25 +54,11 @@ def main() -> None:
     (source,), _ = build_sources(config.rewards, config.sources, env.spec)
     num_envs, num_steps = args.num_envs, args.num_steps
 
-    def env_step(carry, _):
-        env_state, obs, key = carry
-        key, k_action, k_env = jax.random.split(key, 3)
-        action = jax.random.randint(k_action, (num_envs,), 0, env.spec.num_actions)
-        env_state, result = step_envs(env, jax.random.split(k_env, num_envs), env_state, action)
-        transition = Transition(
-            obs, action, result.final_obs, result.terminated, result.truncated, result.reward
-        )
-        return (env_state, result.obs, key), transition
-
-    collect = jax.jit(lambda carry: jax.lax.scan(env_step, carry, None, num_steps))
+    collect = random_rollouts(env, num_envs, num_steps)
     rewards_at_once = source.rollout_reward is not None and not args.step_by_step
-    if rewards_at_once:
-        # What the training loop runs: the whole rollout scored at once.
-        rewards = jax.jit(lambda state, batch: source.rollout_reward(state, batch)[::-1])
-    else:
-        rewards = jax.jit(
-            lambda state, batch: jax.lax.scan(lambda s, t: source.reward(s, t)[::-1], state, batch)
-        )
+    # At once is what the training loop runs where a source can.
+    score = source.rollout_reward if rewards_at_once else functools.partial(scan_reward, source)
+    rewards = jax.jit(lambda state, batch: score(state, batch)[::-1])
     update = jax.jit(source.update)
 
     key = jax.random.PRNGKey(0)

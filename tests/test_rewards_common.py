@@ -24,9 +24,13 @@ import pytest
 import autotelic.envs as envs
 from autotelic import runs
 from autotelic.config import build
-from autotelic.envs.base import step_envs
 from autotelic.ppo import Trainer, host, init_seeds, make_trainer
-from autotelic.rewards.base import Transition, build_sources, source_names
+from autotelic.rewards.base import (
+    build_sources,
+    random_rollouts,
+    scan_reward,
+    source_names,
+)
 
 ENV = "navix:Navix-Empty-5x5-v0"
 SEEDS = (0, 1)
@@ -114,21 +118,9 @@ def test_rollout_reward_equals_the_step_by_step_reward(name: str) -> None:
     assert source.rollout_reward is not None
     num_envs, num_steps = 4, 40
 
-    def env_step(carry: Any, _: None) -> tuple[Any, Transition]:
-        env_state, obs, key = carry
-        key, k_action, k_env = jax.random.split(key, 3)
-        action = jax.random.randint(k_action, (num_envs,), 0, env.spec.num_actions)
-        env_state, step = step_envs(env, jax.random.split(k_env, num_envs), env_state, action)
-        transition = Transition(
-            obs, action, step.final_obs, step.terminated, step.truncated, step.reward
-        )
-        return (env_state, step.obs, key), transition
-
-    def scan_rewards(state: Any, batch: Transition) -> tuple[Any, Any]:
-        return jax.lax.scan(lambda s, t: source.reward(s, t)[::-1], state, batch)
-
-    collect = jax.jit(lambda carry: jax.lax.scan(env_step, carry, None, num_steps))
-    stepped_fn, batched_fn = jax.jit(scan_rewards), jax.jit(source.rollout_reward)
+    collect = random_rollouts(env, num_envs, num_steps)
+    stepped_fn = jax.jit(functools.partial(scan_reward, source))
+    batched_fn = jax.jit(source.rollout_reward)
     update = jax.jit(source.update)
     key = jax.random.PRNGKey(0)
     env_state, obs = jax.vmap(env.reset)(jax.random.split(key, num_envs))
@@ -137,7 +129,7 @@ def test_rollout_reward_equals_the_step_by_step_reward(name: str) -> None:
     for rollout in range(4):
         carry, batch = collect(carry)
         ended += int(batch.done.sum())
-        stepped, expected = stepped_fn(state, batch)
+        expected, stepped = stepped_fn(state, batch)
         reward, scored = batched_fn(state, batch)
         np.testing.assert_allclose(reward, expected, rtol=2e-4, atol=1e-6)
         for a, b in zip(

@@ -7,6 +7,7 @@ train on fixed data with the sources' own `update`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -18,7 +19,13 @@ import pytest
 
 from autotelic.envs.base import EnvSpec
 from autotelic.errors import UserError
-from autotelic.rewards.base import REGISTRY, RewardSource, Transition, resolve_params
+from autotelic.rewards.base import (
+    REGISTRY,
+    RewardSource,
+    Transition,
+    resolve_params,
+    scan_reward,
+)
 from autotelic.rewards.e3b import elliptical_bonus, reset_cov_inverse
 from autotelic.rewards.episodic import (
     KNN_BLOCK,
@@ -354,11 +361,7 @@ def test_rollout_reward_equals_the_step_by_step_reward_and_state(capacity, lifel
     palette = rng.normal(size=(6, 5)).astype(np.float32)
     end_rate = np.array([0.0, 0.005, 0.05, 0.3, 0.0])
 
-    def step(carry: Any, transition: Transition) -> tuple[Any, Any]:
-        reward, carry = source.reward(carry, transition)
-        return carry, reward
-
-    scan_rewards = jax.jit(lambda s, b: jax.lax.scan(step, s, b))
+    scan_rewards = jax.jit(functools.partial(scan_reward, source))
     batched = jax.jit(source.rollout_reward)
     update = jax.jit(source.update)
     state = source.init(jax.random.PRNGKey(0), spec, num_envs)
@@ -371,7 +374,7 @@ def test_rollout_reward_equals_the_step_by_step_reward_and_state(capacity, lifel
         done = rng.random((num_steps, num_envs)) < end_rate
         done[num_steps - 1, 4] = r % 3 == 0  # env 4: the next rollout opens an episode
         batch = transitions(obs, next_obs, rng.integers(0, 3, (num_steps, num_envs)), done)
-        stepped, expected = scan_rewards(state, batch)
+        expected, stepped = scan_rewards(state, batch)
         reward, scored = batched(state, batch)
         # The rollout path expands |q - m|^2 = |q|^2 + |m|^2 - 2 q.m: rounding, not exactness.
         np.testing.assert_allclose(reward, expected, rtol=2e-4, atol=1e-5)
@@ -461,9 +464,9 @@ def run_source(source: RewardSource, state: Any, key: Any, batch: Transition) ->
     """What PPO asks of a source after `init`: the rewards of `batch: [T, N]`, an update, and the
     rewards of the next rollout (here the same batch again). Returns (rewards [2, T, N],
     the update's metrics)."""
-    state, first = jax.lax.scan(lambda s, x: source.reward(s, x)[::-1], state, batch)
+    first, state = scan_reward(source, state, batch)
     state, metrics = source.update(state, batch, key)
-    _, second = jax.lax.scan(lambda s, x: source.reward(s, x)[::-1], state, batch)
+    second, _ = scan_reward(source, state, batch)
     return jnp.stack([first, second]), metrics
 
 

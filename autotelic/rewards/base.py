@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ..config import from_dict
-from ..envs.base import EnvSpec
+from ..envs.base import EnvSpec, step_envs
 from ..errors import UserError, unknown
 
 Array = jax.Array
@@ -102,6 +102,33 @@ def stateless_rollout_reward(
         return reward_.reshape(steps, num_envs), state
 
     return rollout_reward
+
+
+def scan_reward(source: RewardSource, state: Any, rollout: Transition) -> tuple[Array, Any]:
+    """`reward` one step at a time over a rollout `[T, N]`: the definition `rollout_reward`
+    must agree with, with the same signature."""
+    state, rewards = jax.lax.scan(lambda s, t: source.reward(s, t)[::-1], state, rollout)
+    return rewards, state
+
+
+def random_rollouts(
+    env: Any, num_envs: int, num_steps: int
+) -> Callable[[tuple[Any, Array, Array]], tuple[tuple[Any, Array, Array], Transition]]:
+    """A jitted collector of uniformly random-policy rollouts, for tests and measurements of
+    reward sources: `collect((env_states, obs, key)) -> (carry, transitions [num_steps,
+    num_envs])`, the envs stepped (and auto-reset) as in training."""
+
+    def env_step(carry: Any, _: None) -> tuple[Any, Transition]:
+        env_states, obs, key = carry
+        key, k_action, k_env = jax.random.split(key, 3)
+        action = jax.random.randint(k_action, (num_envs,), 0, env.spec.num_actions)
+        env_states, step = step_envs(env, jax.random.split(k_env, num_envs), env_states, action)
+        transition = Transition(
+            obs, action, step.final_obs, step.terminated, step.truncated, step.reward
+        )
+        return (env_states, step.obs, key), transition
+
+    return jax.jit(lambda carry: jax.lax.scan(env_step, carry, None, num_steps))
 
 
 NORMALIZATIONS = ("return_std", "none")
