@@ -77,6 +77,22 @@ def resolved_config(setup: Setup) -> Config:
     return replace(setup.config, sources=sources)
 
 
+def with_source_defaults(config: Config) -> Config:
+    """`config` with every source's parameters completed by this version's defaults, building
+    nothing. A source parameter added after a run was recorded defaults to the behaviour from
+    before it existed, so the recorded run compares equal to one that leaves it at its default.
+    UserError if the record names a parameter this version does not have."""
+    from dataclasses import replace
+
+    from .rewards.base import params_dict, resolve_params
+
+    sources = {
+        name: params_dict(resolve_params(name, config.sources.get(name, {})))
+        for name in config.rewards
+    }
+    return replace(config, sources=sources)
+
+
 def request_cpu_devices(config: Config) -> None:
     """Ask JAX for one CPU device per seed (threads of this process), so that `seed_devices` can
     spread the seeds over a CPU's cores: one vmapped program keeps XLA's CPU runtime mostly on one

@@ -13,6 +13,7 @@ import yaml
 
 from autotelic.bench import load_spec, plan, reward_label
 from autotelic.cli import main
+from autotelic.errors import UserError
 
 TASK = "navix:Navix-Empty-5x5-v0"
 TASK_DIR = "navix__Navix-Empty-5x5-v0"
@@ -133,6 +134,22 @@ def test_bench_reports_every_configuration_and_skips_finished_ones_on_rerun(cli,
         "count": "skipped",
     }
     assert metrics_mtimes(out) == before
+
+    # A run recorded before a source parameter existed (count's record without `bits`) is the
+    # configuration that leaves it at its default, which is the behaviour from before it
+    # existed; a recorded value other than the spec's is still a difference.
+    group = out / TASK_DIR / "count" / "group.json"
+    original = group.read_text()
+    recorded = json.loads(original)
+    del recorded["config"]["sources"]["count"]["bits"]
+    group.write_text(json.dumps(recorded))
+    states = {reward_label(c.rewards): c.state for c in plan(load_spec(spec), spec, out.resolve())}
+    assert states == {"none": "finished", "count": "finished"}
+    recorded["config"]["sources"]["count"]["beta"] = 0.02
+    group.write_text(json.dumps(recorded))
+    with pytest.raises(UserError, match=r"differs in: sources\.count\.beta\)"):
+        plan(load_spec(spec), spec, out.resolve())
+    group.write_text(original)
 
     # A configuration that lacks one seed's summary is resumed (the resume itself is
     # `train(..., resume=True)`, tested with `autotelic train --resume`); the other is skipped.
