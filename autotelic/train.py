@@ -69,12 +69,7 @@ def _feedback_settings(config: Config) -> Any:
 
 def resolved_config(setup: Setup) -> Config:
     """The config with every source's parameters spelled out (defaults included)."""
-    from dataclasses import asdict, replace
-
-    sources = {
-        name: asdict(p) for name, p in zip(setup.config.rewards, setup.source_params, strict=True)
-    }
-    return replace(setup.config, sources=sources)
+    return with_source_defaults(setup.config)
 
 
 def with_source_defaults(config: Config) -> Config:
