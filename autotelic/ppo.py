@@ -27,6 +27,7 @@ import optax
 from . import sil as self_imitation
 from .config import Config
 from .envs.base import JaxEnv, StepResult, step_envs
+from .masked import apply_masked
 from .networks import Network, make_network
 from .rewards.base import HeadConfig, RewardSource, Transition, merge_moments
 
@@ -73,7 +74,7 @@ class Rollout(NamedTuple):
     action: Array
     log_prob: Array
     values: Array  # [T, N, K]
-    final_values: Array  # [T, N, K] value of the real next obs (read only on truncation)
+    final_values: Array  # [T, N, K] V(real next obs), read only on truncation (set in `learn`)
     rewards: Array  # [T, N, K] raw rewards: extrinsic, then each intrinsic source
     next_obs: Array
     terminated: Array
@@ -271,15 +272,19 @@ def make_trainer(
         """The other half, once the envs have stepped: intrinsic rewards, episode statistics,
         the rollout record and the state for the next step."""
         action, log_prob, values, carry = acted.action, acted.log_prob, acted.values, acted.carry
-        # V(real last observation) is needed only to bootstrap truncated episodes.
+        # V(real last observation) is needed only to bootstrap truncated episodes. A recurrent
+        # net needs this step's carry for it; a feed-forward net's are computed in `learn`
+        # for the truncated transitions only (`apply_masked`).
         done = step.terminated | step.truncated
+        final_values = jnp.zeros_like(values)
+        if network.recurrent:
 
-        def value_of_final_obs() -> Array:
-            return network.apply(state.params, carry, step.final_obs, jnp.zeros_like(done))[2]
+            def value_of_final_obs() -> Array:
+                return network.apply(state.params, carry, step.final_obs, jnp.zeros_like(done))[2]
 
-        final_values = jax.lax.cond(
-            jnp.any(step.truncated), value_of_final_obs, lambda: jnp.zeros_like(values)
-        )
+            final_values = jax.lax.cond(
+                jnp.any(step.truncated), value_of_final_obs, lambda: final_values
+            )
         transition = Transition(
             obs=state.obs,
             action=action,
@@ -419,6 +424,16 @@ def make_trainer(
         reward-source updates. `state` is the state after the rollout's last step and
         `initial_carry` the recurrent state at its first step."""
         _, _, last_values = network.apply(state.params, state.carry, state.obs, state.episode_start)
+        if not network.recurrent:
+            dummy, start = network.initial_carry(num_envs), jnp.zeros((num_envs,), bool)
+            rollout = rollout._replace(
+                final_values=apply_masked(
+                    lambda obs: network.apply(state.params, dummy, obs, start)[2],
+                    rollout.next_obs,
+                    rollout.truncated,
+                    num_envs,
+                )
+            )
         transitions = Transition(
             obs=rollout.obs,
             action=rollout.action,

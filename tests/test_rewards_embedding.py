@@ -224,6 +224,20 @@ def test_ngu_kernel_matches_hand_computation_with_elementwise_clamp():
     np.testing.assert_allclose(padded, [expected], rtol=1e-6)
 
 
+def test_rounding_level_distances_count_as_zero_while_every_distance_seen_is_rounding():
+    # One observation embedded in two batches of different shapes differs by float32 rounding
+    # (squared distance ~1e-13). While d_m^2 is itself that rounding, d^2 / d_m^2 would be 1,
+    # a neighbour at the mean distance; the floor of d_m^2 keeps it at distance 0 (K = 1).
+    valid = jnp.ones((1, 1), bool)
+    exact = episodic_novelty(jnp.zeros((1, 1)), valid, jnp.asarray(0.0), **KERNEL)
+    rounded = episodic_novelty(jnp.full((1, 1), 3e-13), valid, jnp.asarray(3e-13), **KERNEL)
+    np.testing.assert_allclose(exact, [1 / 1.001], rtol=1e-6)
+    np.testing.assert_allclose(rounded, exact, rtol=1e-6)
+    # Real distances are measured against the running mean, however small it is above the floor.
+    real = episodic_novelty(jnp.full((1, 1), 2e-6), valid, jnp.asarray(1e-6), **KERNEL)
+    np.testing.assert_allclose(real, [1 / (math.sqrt(1e-4 / (1.992 + 1e-4)) + 0.001)], rtol=1e-5)
+
+
 def test_ngu_similarity_compared_with_s_m_includes_c():
     # Four neighbours at distance 0: K = 1 each, sqrt(sum K) = 2, s = 2 + c = 2.001.
     sq, valid = jnp.zeros((1, 4)), jnp.ones((1, 4), bool)
@@ -370,9 +384,13 @@ def test_rollout_reward_equals_the_step_by_step_reward_and_state(capacity, lifel
         fresh = rng.normal(size=(num_steps, num_envs, 5)).astype(np.float32)
         repeat = palette[rng.integers(0, 6, size=(num_steps, num_envs))]
         next_obs = np.where(rng.random((num_steps, num_envs, 1)) < 0.5, fresh, repeat)
-        obs = np.concatenate([stream[None], next_obs[:-1]], axis=0)
         done = rng.random((num_steps, num_envs)) < end_rate
         done[num_steps - 1, 4] = r % 3 == 0  # env 4: the next rollout opens an episode
+        # s_t is the previous s_{t+1} except after an episode end, where it is a reset
+        # observation of its own (the rollout path embeds s_t again only there).
+        obs = np.concatenate([stream[None], next_obs[:-1]], axis=0)
+        reset = rng.normal(size=(num_steps, num_envs, 5)).astype(np.float32)
+        obs[1:] = np.where(done[:-1, :, None], reset[1:], obs[1:])
         batch = transitions(obs, next_obs, rng.integers(0, 3, (num_steps, num_envs)), done)
         expected, stepped = scan_rewards(state, batch)
         reward, scored = batched(state, batch)
@@ -388,7 +406,7 @@ def test_rollout_reward_equals_the_step_by_step_reward_and_state(capacity, lifel
         np.testing.assert_array_equal(scored.size, stepped.size)
         np.testing.assert_array_equal(scored.episode_start, stepped.episode_start)
         state, _ = update(stepped, batch, jax.random.PRNGKey(r))
-        stream = next_obs[-1]
+        stream = np.where(done[-1][:, None], reset[0], next_obs[-1])
     sizes = np.asarray(state.size)
     assert sizes[0] == rollouts * num_steps  # env 0 never ended an episode
     if capacity > KNN_FIRST_BLOCK + KNN_BLOCK:

@@ -29,9 +29,11 @@ The kNN search scans only the filled part of each env's memory (see `nearest_in_
 
 `reward` scores one step; the training loop calls `rollout_reward`, which gives the same rewards
 and state for a whole rollout at once (no action depends on the intrinsic reward): the T steps'
-embeddings in one batch, each env's memory searched once for all T queries (a matrix product per
-block instead of T passes over it), and the rollout's own insertions, visible to the later steps
-of their episode, searched as a [T, T] block per env.
+embeddings in one batch (each observation once: s_t is embedded again only at episode starts
+and at the rollout's first step, elsewhere it is the previous step's s_{t+1}), each env's
+memory searched once for all T queries (a matrix product per block instead of T passes over
+it), and the rollout's own insertions, visible to the later steps of their episode, searched as
+a [T, T] block per env.
 
 Memory: `[N, capacity, d]` per env with the number of insertions this episode; the effective
 capacity is min(capacity, max_steps + 1), which holds a whole episode. With a smaller
@@ -51,14 +53,20 @@ import jax.numpy as jnp
 
 from ..envs.base import EnvSpec
 from ..errors import UserError
+from ..masked import apply_masked
 from .base import HeadConfig, RewardSource, SourceEntry, Transition, register
 from .inverse_dynamics import EmbeddingState, check_embedding_params, make_inverse_dynamics
 from .rnd import Distiller, DistillState, ObsStats, RNDParams, check_distiller, update_moments
 
 Array = jax.Array
 
-# Guards a division by the running mean of squared distances while every distance seen was 0.
-MIN_MEAN_DISTANCE = 1e-12
+# Floor of the running mean d_m^2 that squared distances are divided by. While every distance
+# seen is 0 up to float32 rounding (the same observation embedded in two batches of different
+# shapes differs by about 1e-13), d_m^2 is that rounding, and dividing by it would turn two
+# embeddings of one observation into neighbours at the mean distance. Taking d_m^2 as at least
+# this floor puts rounding-level distances under the cluster distance xi, so they count as 0, as
+# they are; real squared distances between embeddings are many orders larger.
+MIN_MEAN_DISTANCE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -439,11 +447,17 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
         final state, with the embeddings computed in one batch and the kNN searches of all T
         steps sharing one pass over each env's memory (`rollout_nearest`)."""
         num_steps, num_envs = rollout.action.shape[:2]
-        both = jnp.concatenate([rollout.obs, rollout.next_obs], axis=0)
-        flat = both.reshape(2 * num_steps * num_envs, *both.shape[2:])
-        embedded = model.embed(state.model.params, flat).reshape(2 * num_steps, num_envs, -1)
-        phi, phi_next = jnp.split(embedded, 2, axis=0)
+        flat = rollout.next_obs.reshape(num_steps * num_envs, *rollout.next_obs.shape[2:])
+        phi_next = model.embed(state.model.params, flat).reshape(num_steps, num_envs, -1)
         done = rollout.terminated | rollout.truncated
+        # s_t is the previous transition's s_{t+1} except at an episode start; only those s_t
+        # (and the rollout's first, last embedded with the previous f) are embedded again.
+        again = jnp.concatenate([jnp.ones((1, num_envs), bool), done[:-1]], axis=0)
+        fresh = apply_masked(
+            lambda obs: model.embed(state.model.params, obs), rollout.obs, again, num_envs
+        )
+        shifted = jnp.concatenate([jnp.zeros_like(phi_next[:1]), phi_next[:-1]], axis=0)
+        phi = jnp.where(again[..., None], fresh, shifted)
         sq, valid, memory, size = rollout_nearest(
             state.memory, state.size, state.episode_start, phi, phi_next, done, params.k
         )
