@@ -25,6 +25,10 @@ Either way C^{-1} is reset to I/lambda at the first transition of each episode (
 `transition.done`), and each obs enters the ellipse once. phi is retrained at every PPO update,
 also in mid-episode; C^{-1} keeps the embeddings it was built from, as the reference's actors do.
 
+The training loop scores a whole rollout at once (`rollout_reward`): the embeddings of all its
+steps in one batch, then the per-step ellipse updates in a scan; `reward`, one step at a time,
+is the definition it agrees with.
+
 Other deviations: `embedding_dim` defaults to 128 where the reference uses 1024 (its NetHack
 encoder width; [N, 1024, 1024] per seed is heavy on a CPU and small grids need far less);
 `normalize="return_std"` divides by the running std of the discounted intrinsic return, the
@@ -43,7 +47,12 @@ import jax.numpy as jnp
 from ..envs.base import EnvSpec
 from ..errors import UserError
 from .base import HeadConfig, RewardSource, SourceEntry, Transition, register
-from .inverse_dynamics import EmbeddingState, check_embedding_params, make_inverse_dynamics
+from .inverse_dynamics import (
+    EmbeddingState,
+    check_embedding_params,
+    embed_rollout,
+    make_inverse_dynamics,
+)
 
 Array = jax.Array
 
@@ -158,13 +167,37 @@ def make_e3b(params: E3BParams, spec: EnvSpec) -> RewardSource:
         state = state._replace(cov_inverse=cov_inverse, episode_start=transition.done)
         return bonus, state
 
+    def rollout_reward(state: E3BState, rollout: Transition) -> tuple[Array, E3BState]:
+        """`reward` over a rollout (`[T, N, ...]` leaves) at once: the same bonuses and state,
+        the embeddings computed in one batch (`embed_rollout`), then the T Sherman-Morrison
+        steps in a scan."""
+        done = rollout.terminated | rollout.truncated
+        starts = jnp.concatenate([state.episode_start[None], done[:-1]], axis=0)
+        phi, phi_next = embed_rollout(
+            lambda obs: model.embed(state.model.params, obs), rollout.obs, rollout.next_obs, done
+        )
+
+        def step(cov_inverse: Array, x: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+            start, phi_t, phi_next_t = x
+            cov_inverse = reset_cov_inverse(cov_inverse, start, params.ridge)
+            if params.bonus_on == "obs":
+                bonus, cov_inverse = elliptical_bonus(cov_inverse, phi_t)
+                return cov_inverse, jnp.where(start, 0.0, bonus)
+            _, with_first = elliptical_bonus(cov_inverse, phi_t)
+            cov_inverse = jnp.where(start[:, None, None], with_first, cov_inverse)
+            bonus, cov_inverse = elliptical_bonus(cov_inverse, phi_next_t)
+            return cov_inverse, bonus
+
+        cov_inverse, bonuses = jax.lax.scan(step, state.cov_inverse, (starts, phi, phi_next))
+        return bonuses, state._replace(cov_inverse=cov_inverse, episode_start=done[-1])
+
     def update(
         state: E3BState, rollout: Transition, key: Array
     ) -> tuple[E3BState, dict[str, Array]]:
         model_state, metrics = model.update(state.model, rollout, key)
         return state._replace(model=model_state), metrics
 
-    return RewardSource(init, reward, update)
+    return RewardSource(init, reward, update, rollout_reward)
 
 
 def check_e3b(params: E3BParams, spec: EnvSpec) -> None:

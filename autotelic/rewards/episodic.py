@@ -53,9 +53,13 @@ import jax.numpy as jnp
 
 from ..envs.base import EnvSpec
 from ..errors import UserError
-from ..masked import apply_masked
 from .base import HeadConfig, RewardSource, SourceEntry, Transition, register
-from .inverse_dynamics import EmbeddingState, check_embedding_params, make_inverse_dynamics
+from .inverse_dynamics import (
+    EmbeddingState,
+    check_embedding_params,
+    embed_rollout,
+    make_inverse_dynamics,
+)
 from .rnd import Distiller, DistillState, ObsStats, RNDParams, check_distiller, update_moments
 
 Array = jax.Array
@@ -447,17 +451,10 @@ def make_episodic(params: EpisodicParams, spec: EnvSpec) -> RewardSource:
         final state, with the embeddings computed in one batch and the kNN searches of all T
         steps sharing one pass over each env's memory (`rollout_nearest`)."""
         num_steps, num_envs = rollout.action.shape[:2]
-        flat = rollout.next_obs.reshape(num_steps * num_envs, *rollout.next_obs.shape[2:])
-        phi_next = model.embed(state.model.params, flat).reshape(num_steps, num_envs, -1)
         done = rollout.terminated | rollout.truncated
-        # s_t is the previous transition's s_{t+1} except at an episode start; only those s_t
-        # (and the rollout's first, last embedded with the previous f) are embedded again.
-        again = jnp.concatenate([jnp.ones((1, num_envs), bool), done[:-1]], axis=0)
-        fresh = apply_masked(
-            lambda obs: model.embed(state.model.params, obs), rollout.obs, again, num_envs
+        phi, phi_next = embed_rollout(
+            lambda obs: model.embed(state.model.params, obs), rollout.obs, rollout.next_obs, done
         )
-        shifted = jnp.concatenate([jnp.zeros_like(phi_next[:1]), phi_next[:-1]], axis=0)
-        phi = jnp.where(again[..., None], fresh, shifted)
         sq, valid, memory, size = rollout_nearest(
             state.memory, state.size, state.episode_start, phi, phi_next, done, params.k
         )

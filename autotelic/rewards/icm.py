@@ -42,6 +42,7 @@ from .inverse_dynamics import (
     InverseHead,
     check_embedding_params,
     dense,
+    embed_rollout,
     fit,
     flatten,
     inverse_loss,
@@ -109,13 +110,23 @@ def forward_error(
 ) -> tuple[Array, Array]:
     """Per-sample squared error ||phi_hat(s_{t+1}) - phi(s_{t+1})||^2 `[B]`, the inverse logits
     `[B, A]`, for `batch` with `obs, action, next_obs` leaves `[B, ...]`."""
-    embedding, inverse, forward = nets
+    embedding, inverse, _ = nets
     phis = embedding.apply(params["embedding"], jnp.concatenate([batch.obs, batch.next_obs]))
     phi, phi_next = jnp.split(phis, 2, axis=0)
-    predicted = forward.apply(params["forward"], phi, batch.action)
-    error = jnp.sum(jnp.square(predicted - phi_next), axis=-1)
     logits = inverse.apply(params["inverse"], phi, phi_next)
-    return error, logits
+    return prediction_error(params, nets, phi, batch.action, phi_next), logits
+
+
+def prediction_error(
+    params: Any,
+    nets: tuple[Embedding, InverseHead, ForwardHead],
+    phi: Array,
+    action: Array,
+    phi_next: Array,
+) -> Array:
+    """||f(phi(s_t), a_t) - phi(s_{t+1})||^2 per sample: `phi, phi_next: [B, d]`, `action: [B]`."""
+    predicted = nets[2].apply(params["forward"], phi, action)
+    return jnp.sum(jnp.square(predicted - phi_next), axis=-1)
 
 
 def make_icm(params: ICMParams, spec: EnvSpec) -> RewardSource:
@@ -136,12 +147,35 @@ def make_icm(params: ICMParams, spec: EnvSpec) -> RewardSource:
         }
         return ICMState(EmbeddingState(net_params, optimizer.init(net_params)))
 
-    def reward(state: ICMState, transition: Transition) -> tuple[Array, ICMState]:
-        error, _ = forward_error(state.model.params, nets, transition)
-        curiosity = 0.5 * params.eta * error  # ICM Eq. 6
+    def curiosity(error: Array) -> Array:
+        scaled = 0.5 * params.eta * error  # ICM Eq. 6
         if params.reward_clip > 0:
-            curiosity = jnp.clip(curiosity, -params.reward_clip, params.reward_clip)
-        return curiosity, state
+            scaled = jnp.clip(scaled, -params.reward_clip, params.reward_clip)
+        return scaled
+
+    def reward(state: ICMState, transition: Transition) -> tuple[Array, ICMState]:
+        return curiosity(forward_error(state.model.params, nets, transition)[0]), state
+
+    def rollout_reward(state: ICMState, rollout: Transition) -> tuple[Array, ICMState]:
+        """`reward` over a rollout (`[T, N, ...]` leaves) at once, each observation embedded
+        once (`embed_rollout`) and the forward model applied to all T * N transitions together."""
+        net_params = state.model.params
+        done = rollout.terminated | rollout.truncated
+        phi, phi_next = embed_rollout(
+            lambda obs: embedding.apply(net_params["embedding"], obs),
+            rollout.obs,
+            rollout.next_obs,
+            done,
+        )
+        size = done.size
+        error = prediction_error(
+            net_params,
+            nets,
+            phi.reshape(size, -1),
+            rollout.action.reshape(size),
+            phi_next.reshape(size, -1),
+        )
+        return curiosity(error).reshape(done.shape), state
 
     def loss(net_params: Any, batch: Transition) -> tuple[Array, dict[str, Array]]:
         error, logits = forward_error(net_params, nets, batch)
@@ -169,7 +203,7 @@ def make_icm(params: ICMParams, spec: EnvSpec) -> RewardSource:
         )
         return ICMState(model), metrics
 
-    return RewardSource(init, reward, update)
+    return RewardSource(init, reward, update, rollout_reward)
 
 
 def check_icm(params: ICMParams, spec: EnvSpec) -> None:

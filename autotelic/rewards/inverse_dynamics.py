@@ -13,6 +13,8 @@ is harmless). It provides:
 * `InverseDynamics`: both nets plus their optimizer: `init`, `embed`, `loss` and `update`.
 * `fit`: shuffled-minibatch epochs of any loss over a flattened rollout (ICM reuses it with its
   forward model added).
+* `embed_rollout`: phi(s_t) and phi(s_{t+1}) of a whole rollout, each observation embedded once
+  (the `rollout_reward` of ICM, E3B and episodic kNN).
 
 Every function is pure: parameters and optimizer state travel in `EmbeddingState`.
 """
@@ -30,6 +32,7 @@ import optax
 
 from ..envs.base import EnvSpec
 from ..errors import UserError
+from ..masked import apply_masked
 from ..networks import Encoder, dense
 from .base import Transition
 
@@ -146,6 +149,25 @@ def fit(
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(key, update_epochs))
     return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def embed_rollout(
+    embed: Callable[[Array], Array], obs: Array, next_obs: Array, done: Array
+) -> tuple[Array, Array]:
+    """(phi(s_t), phi(s_{t+1})), each `[T, N, d]`, of a rollout `obs, next_obs: [T, N, ...]`,
+    `done: [T, N]`, with every observation embedded once.
+
+    s_{t+1} of a transition that does not end its episode is the next transition's s_t, so s_t
+    is embedded again only at the rollout's first step (embedded last with an older phi, or not
+    at all) and after an episode end (the reset observation); every s_{t+1} is embedded in one
+    batch. `embed` maps `[B, ...]` to `[B, d]` row by row."""
+    num_steps, num_envs = done.shape
+    flat = next_obs.reshape(num_steps * num_envs, *next_obs.shape[2:])
+    phi_next = embed(flat).reshape(num_steps, num_envs, -1)
+    again = jnp.concatenate([jnp.ones((1, num_envs), bool), done[:-1]], axis=0)
+    fresh = apply_masked(embed, obs, again, num_envs)
+    shifted = jnp.concatenate([jnp.zeros_like(phi_next[:1]), phi_next[:-1]], axis=0)
+    return jnp.where(again[..., None], fresh, shifted), phi_next
 
 
 @dataclass(frozen=True)
