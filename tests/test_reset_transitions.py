@@ -300,6 +300,10 @@ def test_rollout_hands_sources_the_real_transitions(seen_by: str) -> None:
     starts = np.zeros_like(done)
     starts[1:] = done[:-1]
     np.testing.assert_array_equal(log.obs[starts], tr.following[:-1][done[:-1]])
+    # Within an episode s_{t+1} is the next transition's s_t (`embed_rollout` relies on it).
+    inside = ~done[:-1]
+    assert inside.any()
+    np.testing.assert_array_equal(log.obs[1:][inside], log.next_obs[:-1][inside])
 
 
 @pytest.fixture(params=registered_sources(captions=False))
