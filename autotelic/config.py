@@ -89,6 +89,10 @@ class SILConfig:
     min_batch: float = 64.0  # losses are divided by max(#samples with R > V, min_batch)
     alpha: float = 0.6  # priority exponent
     beta: float = 1.0  # importance-weight exponent
+    # `own`: SIL steps use their own Adam; `shared`: PPO's Adam, moments and schedule, as the
+    # paper's released code (see `autotelic.sil`).
+    optimizer: str = "own"
+    loss_weight: float = 1.0  # the SIL loss's scale (released code: 0.1 with PPO, 1.0 with A2C)
 
 
 # The `feedback:` section is the feedback pipeline's own settings class (one definition; its
@@ -208,7 +212,11 @@ def validate(config: Config) -> Config:
             _check(getattr(sil, name) >= 1, f"sil.{name} must be >= 1, got {getattr(sil, name)}.")
         for name in ("value_coef", "ent_coef", "alpha", "beta"):
             _check(getattr(sil, name) >= 0, f"sil.{name} must be >= 0, got {getattr(sil, name)}.")
-        for name in ("clip_advantage", "clip_nlogp", "min_batch"):
+        _check(
+            sil.optimizer in ("own", "shared"),
+            f"sil.optimizer must be 'own' or 'shared', got {sil.optimizer!r}.",
+        )
+        for name in ("clip_advantage", "clip_nlogp", "min_batch", "loss_weight"):
             _check(getattr(sil, name) > 0, f"sil.{name} must be > 0, got {getattr(sil, name)}.")
     _check(len(set(config.rewards)) == len(config.rewards), f"rewards repeat: {config.rewards}.")
     for name in config.sources:

@@ -211,7 +211,12 @@ def make_trainer(
     coefs = jnp.asarray([config.extrinsic.coef] + [h.coef for h in heads], jnp.float32)
     network = make_network(spec, config.network, num_heads)
     num_minibatches = ppo.num_minibatches
-    total_optimizer_steps = config.num_updates * ppo.update_epochs * num_minibatches
+    sil_config = config.sil
+    sil_shared = sil_config.enabled and sil_config.optimizer == "shared"
+    # With `sil.optimizer: shared` the SIL steps advance PPO's Adam (and its schedule) too.
+    steps_per_update = ppo.update_epochs * num_minibatches
+    steps_per_update += sil_config.updates if sil_shared else 0
+    total_optimizer_steps = config.num_updates * steps_per_update
 
     if ppo.anneal_lr:
         learning_rate: Any = optax.linear_schedule(ppo.learning_rate, 0.0, total_optimizer_steps)
@@ -220,8 +225,11 @@ def make_trainer(
     optimizer = optax.chain(
         optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(learning_rate, eps=1e-5)
     )
-    sil_config = config.sil
-    sil_optimizer = self_imitation.make_optimizer(sil_config, ppo.learning_rate, ppo.max_grad_norm)
+    sil_optimizer = (
+        optimizer
+        if sil_shared
+        else self_imitation.make_optimizer(sil_config, ppo.learning_rate, ppo.max_grad_norm)
+    )
 
     def init(key: Array) -> TrainState:
         key, k_net, k_env, k_src = jax.random.split(key, 4)
@@ -250,7 +258,9 @@ def make_trainer(
             key=key,
             update=jnp.zeros((), jnp.int32),
             sil=(
-                self_imitation.init(sil_config, obs, num_envs, sil_optimizer.init(params))
+                self_imitation.init(
+                    sil_config, obs, num_envs, () if sil_shared else sil_optimizer.init(params)
+                )
                 if sil_config.enabled
                 else None
             ),
@@ -532,9 +542,14 @@ def make_trainer(
                 _, logits, values = network.apply(p, dummy, obs, start)
                 return logits, values[:, 0]
 
-            sil_state, params, sil_metrics = self_imitation.train(
-                sil_config, sil_state, params, k_sil, apply_single, sil_optimizer
+            sil_opt_state = opt_state if sil_shared else sil_state.opt_state
+            sil_state, params, sil_opt_state, sil_metrics = self_imitation.train(
+                sil_config, sil_state, params, sil_opt_state, k_sil, apply_single, sil_optimizer
             )
+            if sil_shared:
+                opt_state = sil_opt_state
+            else:
+                sil_state = sil_state._replace(opt_state=sil_opt_state)
 
         source_states, source_metrics = [], {}
         src_keys = jax.random.split(k_sources, max(1, len(sources)))

@@ -26,8 +26,15 @@ Where this differs from the paper, as named options (`SILConfig`):
   extrinsic value head; intrinsic heads are not self-imitated. A truncated episode's return is
   not bootstrapped (it is a Monte-Carlo return; episodes with return <= min_return are not
   stored anyway).
-* **Own optimizer.** SIL steps use their own Adam state at the PPO learning rate, so they do not
-  disturb PPO's moment estimates.
+* **Optimizer** (`optimizer`). `own` (the default): SIL steps use their own Adam state at the
+  PPO learning rate, so they do not disturb PPO's moment estimates. Adam rescales every step to
+  about the learning rate whatever the loss's size, so a small SIL loss (few samples with R > V,
+  divided by `min_batch`) still moves the policy by full-size steps. `shared`: SIL steps go
+  through PPO's own Adam, moments and learning-rate schedule, as the released code does
+  (`build_train_op(params, trainer, LR)` with PPO's trainer); a SIL gradient is then measured
+  against PPO's second moments, and `loss_weight` (the released code's `set_loss_weight`: 0.1
+  with PPO, 1.0 with A2C) scales it. With `own`, `loss_weight` only matters through Adam's
+  epsilon.
 * **Feed-forward policies only.** Single replayed transitions carry no recurrent state.
 """
 
@@ -220,6 +227,7 @@ def loss(
 
 
 def make_optimizer(config: SILConfig, learning_rate: float, max_grad_norm: float) -> Any:
+    """The SIL steps' own Adam (`optimizer: own`); unused with `optimizer: shared`."""
     del config
     return optax.chain(
         optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate, eps=1e-5)
@@ -243,11 +251,14 @@ def train(
     config: SILConfig,
     state: SILState,
     params: Any,
+    opt_state: Any,
     key: Array,
     apply: Callable[[Any, Array], tuple[Array, Array]],
     optimizer: Any,
-) -> tuple[SILState, Any, dict[str, Array]]:
-    """`config.updates` SIL gradient steps on prioritized samples from the buffer.
+) -> tuple[SILState, Any, Any, dict[str, Array]]:
+    """`config.updates` SIL gradient steps on prioritized samples from the buffer, through
+    `optimizer` from `opt_state` (the SIL state's own Adam state with `optimizer: own`, PPO's with
+    `shared`). Returns (state, params, opt_state, metrics).
 
     `apply(params, obs) -> (logits [B, A], extrinsic value [B])`. Sampling: P(i) proportional to
     priority_i^alpha over stored transitions; importance weights (C P(i))^-beta / max; the sampled
@@ -270,7 +281,7 @@ def train(
         def objective(p: Any) -> tuple[Array, tuple[dict[str, Array], Array]]:
             logits, value = apply(p, state.obs[index])
             total, aux = loss(config, logits, value, state.action[index], state.ret[index], weight)
-            return total, (aux, value)
+            return config.loss_weight * total, (aux, value)
 
         (total, (aux, value)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         grads = jax.tree_util.tree_map(lambda g: jnp.where(any_stored, g, 0.0), grads)
@@ -288,7 +299,7 @@ def train(
 
     keys = jax.random.split(key, config.updates)
     (params, opt_state, priority), (total, aux) = jax.lax.scan(
-        grad_step, (params, state.opt_state, state.priority), keys
+        grad_step, (params, opt_state, state.priority), keys
     )
     stored_returns = jnp.where(state.valid, state.episode_return, -jnp.inf)
     metrics = {
@@ -299,4 +310,4 @@ def train(
         "sil/buffer_size": count,
         "sil/best_episode_return": jnp.where(any_stored, stored_returns.max(), 0.0),
     }
-    return state._replace(opt_state=opt_state, priority=priority), params, metrics
+    return state._replace(priority=priority), params, opt_state, metrics

@@ -229,8 +229,8 @@ def test_train_imitates_stored_actions_and_refreshes_priorities() -> None:
         priority=state.priority.at[:4].set(1.0),
         valid=state.valid.at[:4].set(True),
     )
-    state, new_params, metrics = jax.jit(
-        lambda s, p, k: sil.train(config, s, p, k, apply, optimizer)
+    state, new_params, _, metrics = jax.jit(
+        lambda s, p, k: sil.train(config, s, p, s.opt_state, k, apply, optimizer)
     )(state, params, jax.random.PRNGKey(0))
     probs = jax.nn.softmax(obs @ new_params["w"])
     assert np.all(np.asarray(probs[jnp.arange(4), actions]) > 0.6)
@@ -240,8 +240,41 @@ def test_train_imitates_stored_actions_and_refreshes_priorities() -> None:
 
     # An empty buffer changes nothing.
     empty = sil.init(config, obs, 4, optimizer.init(params))
-    _, same, _ = sil.train(config, empty, params, jax.random.PRNGKey(1), apply, optimizer)
+    _, same, _, _ = sil.train(
+        config, empty, params, empty.opt_state, jax.random.PRNGKey(1), apply, optimizer
+    )
     assert all(np.array_equal(same[k], params[k]) for k in params)
+
+
+def test_loss_weight_scales_the_gradient_step() -> None:
+    """With plain SGD the parameter change is linear in `loss_weight`: 0.1 gives a tenth of the
+    step of 1.0 (the released code's PPO setting against its A2C one)."""
+    import optax
+
+    obs = jnp.eye(4, dtype=jnp.float32)
+    params = {"w": jnp.zeros((4, 3)), "v": jnp.zeros((4,))}
+
+    def apply(p, o):
+        return o @ p["w"], o @ p["v"]
+
+    deltas = {}
+    for weight in (1.0, 0.1):
+        config = SILConfig(enabled=True, capacity=8, batch_size=16, updates=1, loss_weight=weight)
+        optimizer = optax.sgd(0.5)
+        state = sil.init(config, obs, 4, optimizer.init(params))
+        state = state._replace(
+            obs=state.obs.at[:4].set(obs),
+            action=state.action.at[:4].set(jnp.asarray([0, 1, 2, 0], jnp.int32)),
+            ret=state.ret.at[:4].set(1.0),
+            priority=state.priority.at[:4].set(1.0),
+            valid=state.valid.at[:4].set(True),
+        )
+        _, new, _, _ = sil.train(
+            config, state, params, state.opt_state, jax.random.PRNGKey(0), apply, optimizer
+        )
+        deltas[weight] = np.concatenate([np.ravel(new["w"]), np.ravel(new["v"])])
+    assert np.abs(deltas[1.0]).max() > 1e-3
+    np.testing.assert_allclose(deltas[0.1], 0.1 * deltas[1.0], rtol=1e-5, atol=1e-8)
 
 
 def test_bad_sil_options_are_user_errors() -> None:
@@ -249,14 +282,28 @@ def test_bad_sil_options_are_user_errors() -> None:
         build({"sil": {"enabled": True}, "network": {"kind": "gru"}})
     with pytest.raises(UserError, match=r"sil\.capacity"):
         build({"sil": {"enabled": True, "capacity": 0}})
+    with pytest.raises(UserError, match=r"sil\.optimizer must be 'own' or 'shared'"):
+        build({"sil": {"enabled": True, "optimizer": "ppo"}})
+    with pytest.raises(UserError, match=r"sil\.loss_weight"):
+        build({"sil": {"enabled": True, "loss_weight": 0}})
     with pytest.raises(UserError, match=r"unknown option 'sil\.capacty'"):
         build({"sil": {"capacty": 10}})
     assert dataclasses.asdict(build({}).sil)["enabled"] is False
 
 
-def test_inside_ppo_fills_the_buffer_and_resumes_bit_identically(tmp_path) -> None:
+def _adam_counts(opt_state) -> list[np.ndarray]:
+    return [
+        np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state)
+        if getattr(path[-1], "name", None) == "count"
+    ]
+
+
+@pytest.mark.parametrize("optimizer", ["own", "shared"])
+def test_inside_ppo_fills_the_buffer_and_resumes_bit_identically(tmp_path, optimizer) -> None:
     """PPO + SIL on a small navix task under jit(vmap) over two seeds: successful episodes enter
-    the buffer, metrics stay finite, and a checkpoint round trip continues bit for bit."""
+    the buffer, metrics stay finite, and a checkpoint round trip continues bit for bit. The SIL
+    steps advance their own Adam (`own`) or PPO's (`shared`), and nothing else."""
     import autotelic.envs as envs
     from autotelic import runs
     from autotelic.ppo import host, init_seeds, make_trainer
@@ -268,19 +315,38 @@ def test_inside_ppo_fills_the_buffer_and_resumes_bit_identically(tmp_path) -> No
             "steps": 8 * 32 * 6,
             "ppo": {"num_envs": 8, "num_steps": 32, "update_epochs": 1, "num_minibatches": 2},
             "network": {"kind": "mlp", "hidden": 16},
-            "sil": {"enabled": True, "capacity": 256, "window": 32, "batch_size": 32},
+            "sil": {
+                "enabled": True,
+                "capacity": 256,
+                "window": 32,
+                "batch_size": 32,
+                "updates": 3,
+                "optimizer": optimizer,
+            },
         }
     )
     env = envs.make(config.env)
     trainer = make_trainer(config, env)
     update = jax.jit(jax.vmap(trainer.update))
     state = init_seeds(trainer, config.seeds)
+    filled = np.zeros(2, int)  # per seed: updates whose SIL steps had a non-empty buffer
     for _ in range(4):
         state, metrics = update(state)
+        filled += np.asarray(metrics["sil/buffer_size"]) > 0
     metrics = host(metrics)
     assert np.all(metrics["sil/buffer_size"] > 0), metrics["sil/buffer_size"]
     assert np.all(metrics["sil/best_episode_return"] > 0.5)
     assert all(np.all(np.isfinite(v)) for v in metrics.values())
+    # 4 updates of 1 epoch x 2 minibatches, plus 3 SIL steps through whichever Adam in each
+    # update that found the buffer non-empty (an empty buffer leaves the optimizer untouched).
+    ppo_counts, sil_counts = _adam_counts(state.opt_state), _adam_counts(state.sil.opt_state)
+    assert ppo_counts, "no Adam step count found in PPO's optimizer state"
+    if optimizer == "shared":
+        assert all(np.array_equal(c, 4 * 2 + 3 * filled) for c in ppo_counts), ppo_counts
+        assert sil_counts == []
+    else:
+        assert all(np.all(c == 4 * 2) for c in ppo_counts), ppo_counts
+        assert sil_counts and all(np.array_equal(c, 3 * filled) for c in sil_counts), sil_counts
     # Every stored transition's return is gamma^k times its episode's (terminal) reward, k >= 0.
     stored = host(state.sil)
     valid = stored.valid
