@@ -89,10 +89,10 @@ class SILConfig:
     min_batch: float = 64.0  # losses are divided by max(#samples with R > V, min_batch)
     alpha: float = 0.6  # priority exponent
     beta: float = 1.0  # importance-weight exponent
-    # `own`: SIL steps use their own Adam; `shared`: PPO's Adam, moments and schedule, as the
-    # paper's released code (see `autotelic.sil`).
-    optimizer: str = "own"
-    loss_weight: float = 1.0  # the SIL loss's scale (released code: 0.1 with PPO, 1.0 with A2C)
+    # `shared`: SIL steps go through PPO's Adam, moments and schedule, as the paper's released
+    # code; `own`: an Adam of their own (see `autotelic.sil`).
+    optimizer: str = "shared"
+    loss_weight: float = 0.1  # the SIL loss's scale (released code: 0.1 with PPO, 1.0 with A2C)
 
 
 # The `feedback:` section is the feedback pipeline's own settings class (one definition; its

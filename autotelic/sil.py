@@ -10,7 +10,10 @@ replay buffer (priority (R - V)_+, Sec. 3), and the SIL step run several times p
 Defaults are the paper's released code for the Atari experiments: 4 SIL updates of batch 512 per
 policy update, value weight 0.01, entropy weight 0.01, priority exponent 0.6, importance weights
 with exponent 1.0, the advantage clipped to [0, 1], -log pi capped at 5 in value, the sums
-divided by max(#samples with R > V, 64), and only episodes with a positive return stored.
+divided by max(#samples with R > V, 64), and only episodes with a positive return stored. As in
+the released code's PPO variant, the SIL steps go through PPO's own optimizer (Adam, its moments
+and learning-rate schedule) and the SIL loss is scaled by 0.1 (`optimizer: shared`,
+`loss_weight: 0.1`).
 
 Where this differs from the paper, as named options (`SILConfig`):
 
@@ -26,15 +29,17 @@ Where this differs from the paper, as named options (`SILConfig`):
   extrinsic value head; intrinsic heads are not self-imitated. A truncated episode's return is
   not bootstrapped (it is a Monte-Carlo return; episodes with return <= min_return are not
   stored anyway).
-* **Optimizer** (`optimizer`). `own` (the default): SIL steps use their own Adam state at the
-  PPO learning rate, so they do not disturb PPO's moment estimates. Adam rescales every step to
-  about the learning rate whatever the loss's size, so a small SIL loss (few samples with R > V,
-  divided by `min_batch`) still moves the policy by full-size steps. `shared`: SIL steps go
-  through PPO's own Adam, moments and learning-rate schedule, as the released code does
-  (`build_train_op(params, trainer, LR)` with PPO's trainer); a SIL gradient is then measured
-  against PPO's second moments, and `loss_weight` (the released code's `set_loss_weight`: 0.1
-  with PPO, 1.0 with A2C) scales it. With `own`, `loss_weight` only matters through Adam's
-  epsilon.
+* **Own optimizer, as an option** (`optimizer: own`; the default is `shared`, the paper's).
+  `shared`: SIL steps go through PPO's Adam, moments and learning-rate schedule, as the released
+  code does (its SIL train op is built on PPO's optimizer); a SIL gradient is then measured
+  against PPO's second moments, and `loss_weight` (the released code's SIL loss weight: 0.1 with
+  PPO, 1.0 with A2C) scales it. `own`: SIL steps use an Adam state of their own at the PPO
+  learning rate. Adam rescales every step to about the learning rate whatever the loss's size,
+  so even a tiny SIL loss (few samples with R > V, divided by `min_batch`) moves the policy by
+  full-size steps, 4 per PPO update; `loss_weight` then only matters through Adam's epsilon. On
+  KeyCorridorS3R3 `own` held NovelD, count, ICM and episodic novelty, which solve it alone, to
+  0.10-0.70 mean return, where `shared` let NovelD solve it (BENCHMARKS.md, "Self-imitation's
+  optimizer").
 * **Feed-forward policies only.** Single replayed transitions carry no recurrent state.
 """
 
