@@ -11,7 +11,7 @@ Defaults are the paper's released code for the Atari experiments: 4 SIL updates 
 policy update, value weight 0.01, entropy weight 0.01, priority exponent 0.6, importance weights
 with exponent 1.0, the advantage clipped to [0, 1], -log pi capped at 5 in value, the sums
 divided by max(#samples with R > V, 64), and only episodes with a positive return stored. As in
-the released code's PPO variant, the SIL steps go through PPO's own optimizer (Adam, its moments
+the released code's PPO variant, the SIL steps go through PPO's optimizer (Adam, its moments
 and learning-rate schedule) and the SIL loss is scaled by 0.1 (`optimizer: shared`,
 `loss_weight: 0.1`).
 
